@@ -3,7 +3,7 @@
     python -m bench.bench_train_step                          # CPU: the debug preset
     python -m bench.bench_train_step --device cuda --preset llama2-1b llama2-7b-4l
 
-What one step is: `engine.train.train_step` (gradient clipping, AdamW, LR scheduler, zero_grad)
+What one step is: `engine.train_step.train_step` (gradient clipping, AdamW, LR scheduler, zero_grad)
 around each case's loss, over the micro-batches of one fixed set of examples. Every case runs
 the same examples on the same weights (lr = 0, so AdamW does all its arithmetic but the weights,
 and with them the losses and gradient norms, stay comparable across cases: the suite checks that
@@ -19,7 +19,7 @@ and use seq_len 512, about ADELIE's shape at a quarter of the row length and hal
 length. The measured length percentiles are in the summary row.
 
 SFT cases (the examples of `rows` packed rows of the SFT token cache):
-  ours_fused_packed     packed rows (TokenCache.batch: doc_ids, positions), engine.train.sft_loss
+  ours_fused_packed     packed rows (TokenCache.batch: doc_ids, positions), engine.losses.sft_loss
                         (fused linear cross-entropy: the (N, V) logits never exist)
   ours_logits_packed    the same rows, model(...) -> (B, T, V) fp32 logits -> F.cross_entropy(sum) / n
   ours_fused_padded     the same examples, one per row, in micro-batches of --padded-batch examples
@@ -29,7 +29,7 @@ SFT cases (the examples of `rows` packed rows of the SFT token cache):
                         num_items_in_batch so the normalisation equals ours)
 DPO cases (the pairs of `rows` packed rows of the DPO token cache; reference log-probs are
 cached for every case, from a second model with another seed, as dpo.reference=cached does):
-  ours_dpo_packed       engine.train.dpo_loss: fused log-probs -> per-sequence sums -> fused DPO loss
+  ours_dpo_packed       engine.losses.preference_loss: fused log-probs -> per-sequence sums -> fused DPO loss
   trl_logits_padded     the same pairs as one padded batch [chosen..., rejected...] (TRL's
                         concatenated forward) -> HF logits -> trl.trainer.utils.selective_log_softmax
                         -> masked sums -> TRL's sigmoid loss. This is TRL's DPO up to 0.2x, which
@@ -82,11 +82,15 @@ import torch.nn.functional as F
 
 from bench.common import REPO_ROOT, append_results, measure_peak_cpu, measure_peak_gpu, print_table, time_cpu, time_gpu
 from engine import log
-from engine.checkpoint import save_hf
-from engine.config import PRESETS as MODEL_PRESETS
-from engine.config import ModelConfig
+from engine.batching import to_device
+from engine.hf_checkpoint import save_hf
+from engine.model_config import PRESETS as MODEL_PRESETS
+from engine.model_config import ModelConfig
 from engine.model import build_model
-from engine.train import OptimConfig, build_optimizer, build_scheduler, dpo_loss, sequence_logps, sft_loss, train_step
+from engine.losses import preference_loss, score_documents, sft_loss
+from engine.optim import build_optimizer, build_scheduler
+from engine.run_config import DPOSection, OptimConfig
+from engine.train_step import train_step
 
 IGNORE = -100
 BETA = 0.1
@@ -202,10 +206,6 @@ def padded_batch(docs: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict
     return out
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
 def real_tokens(batches: list[dict]) -> int:
     return sum(int((b["doc_ids"] >= 0).sum()) for b in batches)
 
@@ -220,7 +220,9 @@ def build_ours(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed:
     model = build_model(cfg, "meta")
     model.to_empty(device=device)
     model.init_weights(seed)
-    return model.to(dtype).train()
+    model.to(dtype)
+    model.init_rope()  # the cast rounded the fp32 RoPE tables
+    return model.train()
 
 
 def build_hf(model, dtype: torch.dtype, device: torch.device):
@@ -239,11 +241,6 @@ def build_hf(model, dtype: torch.dtype, device: torch.device):
         save_hf(model, d, dtype=dtype)
         hf = transformers.LlamaForCausalLM.from_pretrained(d, dtype=dtype, attn_implementation=attn)
     return hf.to(device).train()
-
-
-def matmul_params(model) -> int:
-    """Parameters outside the embedding table (engine/loop.py's count for step_flops)."""
-    return sum(p.numel() for n, p in model.named_parameters() if "tok_embeddings" not in n)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -359,7 +356,7 @@ def build_cases(preset: BenchPreset, device: torch.device, dtype: torch.dtype, w
     dpo_packed = to_device(dpo_cache.batch(dpo_rows), device)
     ref_model = build_ours(cfg, device, dtype, seed + 1)
     with torch.no_grad():
-        ref = sequence_logps(ref_model, dpo_packed).float()  # (2P,) chosen, rejected interleaved
+        ref = score_documents(ref_model, dpo_packed).float()  # (2P,) chosen, rejected interleaved
     del ref_model
     dpo_packed["ref_logps"] = ref
     pair_docs = row_documents(dpo_cache, dpo_rows)
@@ -370,7 +367,7 @@ def build_cases(preset: BenchPreset, device: torch.device, dtype: torch.dtype, w
     count_pairs = lambda b: b["num_docs"] // 2 if "num_docs" in b else b["input_ids"].shape[0] // 2  # noqa: E731
 
     def ours_dpo(model, batch, num_pairs):
-        return dpo_loss(model, batch, num_pairs, BETA, "sigmoid", 0.0)
+        return preference_loss(model, batch, num_pairs, DPOSection(beta=BETA))
 
     if wanted("trl_fused_padded"):
         from trl.trainer.utils import add_fused_lm_head
@@ -386,7 +383,7 @@ def build_cases(preset: BenchPreset, device: torch.device, dtype: torch.dtype, w
     lens = np.diff(sft_cache.doc_offsets)
     facts = {"sft_len_p10_p50_p90": [int(np.percentile(lens, q)) for q in (10, 50, 90)],
              "sft_examples": len(docs), "dpo_pairs": len(pair_docs) // 2,
-             "matmul_params": matmul_params(ours), "n_params": ours.num_params(),
+             "matmul_params": log.matmul_params(ours), "n_params": ours.num_params(),
              "model_cfg": cfg}
     return cases, facts
 

@@ -14,6 +14,7 @@ Backends (same result as running each document alone):
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,9 @@ except ImportError:  # pragma: no cover - depends on the machine
 BACKENDS = ("auto", "flash", "flex", "sdpa")
 
 
-def select_backend(device: torch.device, requested: str = "auto") -> str:
+def select_backend(device: torch.device, requested: str = "auto", dtype: torch.dtype = torch.bfloat16) -> str:
+    """The backend for compute on `device` in `dtype`. auto: flash-attn on CUDA for 16-bit
+    compute when installed (it rejects fp32), else FlexAttention on CUDA, SDPA on CPU."""
     if requested not in BACKENDS:
         raise ValueError(f"unknown attention backend {requested!r}; choose from {BACKENDS}")
     if requested != "auto":
@@ -34,30 +37,70 @@ def select_backend(device: torch.device, requested: str = "auto") -> str:
             raise RuntimeError("attention backend 'flash' needs flash-attn (pip install '.[flash]')")
         return requested
     if device.type == "cuda":
-        return "flash" if flash_attn_varlen_func is not None else "flex"
+        half = dtype in (torch.float16, torch.bfloat16)
+        return "flash" if flash_attn_varlen_func is not None and half else "flex"
     return "sdpa"
 
 
-def attention(q, k, v, doc_ids=None, backend: str = "sdpa"):
-    """q (B, T, Hq, D), k/v (B, T, Hk, D), doc_ids (B, T) or None -> (B, T, Hq, D)."""
+@dataclass
+class DocMask:
+    """What attention needs to keep packed documents apart, built ONCE per forward (not per
+    layer, and not again in activation-checkpoint recomputes, which receive the same object)."""
+    backend: str
+    doc_ids: torch.Tensor | None = None       # (B, T), -1 for padding
+    dense: torch.Tensor | None = None         # sdpa: (B, 1, T, T) bool
+    block_mask: object = None                 # flex: a BlockMask
+    cu_seqlens: torch.Tensor | None = None    # flash: (S + 1,) int32 over the flattened rows
+    max_seqlen: int = 0                       # flash: the longest sequence
+
+
+def cu_seqlens_from_doc_ids(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """flash-attn's sequence boundaries over flattened (B*T) rows: a sequence starts at every row
+    start and wherever the document id changes (a row's padding tail is a sequence of its own).
+    Run on the host copy of doc_ids (the data loader's CPU batch) so it costs no device sync."""
+    B, T = doc_ids.shape
+    starts = torch.ones(B, T, dtype=torch.bool, device=doc_ids.device)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = starts.flatten().nonzero().flatten()
+    cu = torch.cat([start_idx, start_idx.new_tensor([B * T])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def build_doc_mask(backend: str, doc_ids: torch.Tensor | None, T: int, device: torch.device,
+                   cu_seqlens: torch.Tensor | None = None, max_seqlen: int = 0) -> DocMask:
+    """The per-forward mask for `backend`. flash: cu_seqlens/max_seqlen from the batch when given
+    (computed on the host), else from doc_ids here (one sync per forward)."""
     if backend == "flash":
-        return _flash(q, k, v, doc_ids)
+        if cu_seqlens is None:
+            B = 1 if doc_ids is None else doc_ids.shape[0]
+            ids = doc_ids if doc_ids is not None else torch.zeros(B, T, dtype=torch.long, device=device)
+            cu_seqlens, max_seqlen = cu_seqlens_from_doc_ids(ids)
+        return DocMask(backend, doc_ids, cu_seqlens=cu_seqlens.to(device, non_blocking=True), max_seqlen=max_seqlen)
+    if doc_ids is None:
+        return DocMask(backend)
     if backend == "flex":
-        return _flex(q, k, v, doc_ids)
-    return _sdpa(q, k, v, doc_ids)
+        return DocMask(backend, doc_ids, block_mask=_flex_block_mask(doc_ids))
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    return DocMask(backend, doc_ids, dense=(same_doc & causal)[:, None])  # (B, 1, T, T)
 
 
-def _sdpa(q, k, v, doc_ids):
+def attention(q, k, v, mask: DocMask):
+    """q (B, T, Hq, D), k/v (B, T, Hk, D) -> (B, T, Hq, D), within documents, causal."""
+    if mask.backend == "flash":
+        return _flash(q, k, v, mask)
+    if mask.backend == "flex":
+        return _flex(q, k, v, mask)
+    return _sdpa(q, k, v, mask)
+
+
+def _sdpa(q, k, v, mask: DocMask):
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
     gqa = q.shape[1] != k.shape[1]
-    if doc_ids is None:
+    if mask.dense is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     else:
-        T = q.shape[2]
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
-        mask = (same_doc & causal)[:, None]  # (B, 1, T, T)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, enable_gqa=gqa)
     return out.transpose(1, 2)
 
 
@@ -67,18 +110,25 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex(q, k, v, doc_ids):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def _flex_block_mask(doc_ids: torch.Tensor):
+    from torch.nn.attention.flex_attention import create_block_mask
 
-    B, T = q.shape[:2]
-    if doc_ids is None:
-        doc_ids = torch.zeros(B, T, dtype=torch.long, device=q.device)
+    B, T = doc_ids.shape
 
     def doc_causal(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (doc_ids[b, q_idx] == doc_ids[b, kv_idx])
 
-    block_mask = create_block_mask(doc_causal, B, None, T, T, device=q.device)
+    # Compiled on CUDA: the eager version materialises a (B, T, T) mask to find the blocks.
+    return create_block_mask(doc_causal, B, None, T, T, device=doc_ids.device, _compile=doc_ids.is_cuda)
+
+
+def _flex(q, k, v, mask: DocMask):
+    from torch.nn.attention.flex_attention import flex_attention
+
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+    block_mask = mask.block_mask
+    if block_mask is None:  # no packing information: one causal document per row
+        block_mask = _flex_block_mask(torch.zeros(q.shape[0], q.shape[2], dtype=torch.long, device=q.device))
     # Compiled on CUDA (the eager path materialises scores); eager on CPU, where it is only
     # used by tests (forward only: FlexAttention has no CPU backward).
     fn = _compiled_flex() if q.is_cuda else flex_attention
@@ -86,16 +136,8 @@ def _flex(q, k, v, doc_ids):
     return out.transpose(1, 2)
 
 
-def _flash(q, k, v, doc_ids):
+def _flash(q, k, v, mask: DocMask):
     B, T, Hq, D = q.shape
-    if doc_ids is None:
-        doc_ids = torch.zeros(B, T, dtype=torch.long, device=q.device)
-    # A new sequence starts at every row start and wherever the document id changes.
-    starts = torch.ones(B, T, dtype=torch.bool, device=q.device)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    start_idx = starts.flatten().nonzero().flatten()
-    cu = torch.cat([start_idx, start_idx.new_tensor([B * T])]).to(torch.int32)
-    max_len = int((cu[1:] - cu[:-1]).max())  # one host sync per forward
-    out = flash_attn_varlen_func(q.reshape(B * T, Hq, D), k.reshape(B * T, -1, D),
-                                 v.reshape(B * T, -1, D), cu, cu, max_len, max_len, causal=True)
+    out = flash_attn_varlen_func(q.reshape(B * T, Hq, D), k.reshape(B * T, -1, D), v.reshape(B * T, -1, D),
+                                 mask.cu_seqlens, mask.cu_seqlens, mask.max_seqlen, mask.max_seqlen, causal=True)
     return out.view(B, T, Hq, D)

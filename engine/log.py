@@ -47,6 +47,12 @@ def measure_matmul_flops(device: torch.device, n: int = 1024, reps: int = 5) -> 
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
+def matmul_params(model: torch.nn.Module) -> int:
+    """P of the formula above: every parameter outside the embedding table (a lookup, no FLOPs).
+    On a sharded model, numel() of a DTensor parameter is the full (global) size."""
+    return sum(p.numel() for n, p in model.named_parameters() if "tok_embeddings" not in n)
+
+
 def step_flops(model_cfg, n_matmul_params: int, batch_list: list[dict]) -> float:
     """Model FLOPs of one step over these micro-batches (formula in the module docstring)."""
     tokens, attn = 0, 0.0

@@ -1,9 +1,9 @@
 """LLaMA-2 in plain PyTorch: embed, a loop of blocks, norm, untied head.
 
 Meta's module names (tok_embeddings, layers.N.attention.wq, feed_forward.w1/w2/w3, ...), so
-Meta checkpoints map one to one and engine/checkpoint.py maps Hugging Face names onto them.
+Meta checkpoints map one to one and engine/hf_checkpoint.py maps Hugging Face names onto them.
 Rotary embeddings use Meta's interleaved-pair convention; the Hugging Face q/k layout differs by a
-permutation that checkpoint.py applies on import and export.
+permutation that hf_checkpoint.py applies on import and export.
 
 The model knows nothing of distribution or devices: build it under `torch.device("meta")`,
 let engine/parallel.py wrap it, then materialise with `to_empty()` + `init_weights()` (or load).
@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 import kernels
-from engine.attention import attention, select_backend
-from engine.config import ModelConfig
+from engine.attention import DocMask, attention, build_doc_mask, select_backend
+from engine.model_config import ModelConfig
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float, device=None):
@@ -48,13 +48,13 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, rope, positions, doc_ids, backend):
+    def forward(self, x, rope, positions, mask: DocMask):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = kernels.apply_rope(q, k, *rope, positions)
-        out = attention(q, k, v, doc_ids, backend)  # (B, T, n_heads, head_dim)
+        q, k = kernels.apply_rope(q, k, *rope, positions)  # fp32 tables, q/k in compute dtype
+        out = attention(q, k, v, mask)  # (B, T, n_heads, head_dim)
         return self.wo(out.reshape(B, T, -1))
 
 
@@ -77,8 +77,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, x, rope, positions, doc_ids, backend):
-        x = x + self.attention(self.attention_norm(x), rope, positions, doc_ids, backend)
+    def forward(self, x, rope, positions, mask: DocMask):
+        x = x + self.attention(self.attention_norm(x), rope, positions, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -86,35 +86,41 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.attn_backend = "auto"  # or "flash" / "flex" / "sdpa"
+        self.attn_backend: str | None = None  # cfg.attn_backend resolved on the first forward
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         # A ModuleDict keyed "0".."L-1" keeps Meta's names (layers.0.attention.wq) and lets
         # parallel.py wrap blocks in place without renumbering.
         self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg) for i in range(cfg.n_layers)})
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # RoPE cos/sin for positions < max_seq_len, fp32 (filled by init_weights; not saved):
+        # built once, not per forward, and never cast (parallel.py keeps block inputs as they are).
+        self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
 
-    def forward(self, input_ids, positions=None, doc_ids=None, return_hidden: bool = False,
-                head_fn=None):
+    def forward(self, input_ids, positions=None, doc_ids=None, head_fn=None, cu_seqlens=None, max_seqlen: int = 0):
         """input_ids (B, T); positions (B, T) restarting at 0 per document; doc_ids (B, T) with
-        -1 for padding. Returns logits (B, T, V); or the final hidden states (B, T, dim) after
-        the last norm when return_hidden; or head_fn(hidden (B*T, dim), output weight (V, dim))
-        when head_fn is given: fused losses that never form logits run here, inside forward,
-        so a sharded (FSDP) head weight is gathered for them and its gradient reduced."""
+        -1 for padding; cu_seqlens/max_seqlen: flash-attn's boundaries when the caller has them
+        (engine/batching.py computes them on the host). Returns logits (B, T, V) fp32, or
+        head_fn(hidden (B*T, dim), output weight (V, dim)) when head_fn is given: fused losses
+        that never form logits run here, inside forward, so a sharded (FSDP) head weight is
+        gathered for them and its gradient reduced."""
         B, T = input_ids.shape
         if positions is not None and doc_ids is None:
             raise ValueError("positions for packed rows need doc_ids too, or documents would see each other")
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         h = self.tok_embeddings(input_ids)  # (B, T, dim)
-        # Packed positions are < T; explicit positions may run to max_seq_len (tables are tiny).
-        n_pos = T if positions is None else max(T, self.cfg.max_seq_len)
-        rope = rope_tables(n_pos, self.cfg.head_dim, self.cfg.rope_theta, h.device)
-        backend = select_backend(h.device, self.attn_backend)
+        if self.attn_backend is None:
+            self.attn_backend = select_backend(h.device, self.cfg.attn_backend, h.dtype)
+        mask = build_doc_mask(self.attn_backend, doc_ids, T, h.device, cu_seqlens, max_seqlen)
+        rope = (self.rope_cos, self.rope_sin)
         for block in self.layers.values():
-            h = block(h, rope, positions, doc_ids, backend)
+            h = block(h, rope, positions, mask)
         h = self.norm(h)
         if head_fn is not None:
             return head_fn(h.flatten(0, 1), self.output.weight)
-        return h if return_hidden else self.output(h).float()
+        return self.output(h).float()
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
@@ -123,7 +129,9 @@ class Transformer(nn.Module):
         residual stream's variance does not grow with depth, ones for the norms.
 
         Each parameter draws from its own generator seeded by (seed, index), full-size, and
-        keeps its local shard: the same seed gives the same model whatever the sharding."""
+        keeps its local shard: the same seed gives the same model whatever the sharding.
+        Also fills the fp32 RoPE tables on the buffers' device."""
+        self.init_rope()
         std_out = 0.02 / math.sqrt(2 * self.cfg.n_layers)
         for i, (name, p) in enumerate(self.named_parameters()):
             if name.endswith("norm.weight"):
@@ -140,6 +148,15 @@ class Transformer(nn.Module):
                 from torch.distributed.tensor import distribute_tensor
                 local = distribute_tensor(full, mesh, p.placements, src_data_rank=None).to_local()
                 p.to_local().copy_(local)
+
+    @torch.no_grad()
+    def init_rope(self, device: torch.device | str | None = None) -> None:
+        """(Re)build the fp32 RoPE tables on `device` (default: where the buffers are): after
+        to_empty(), after a load onto meta-built modules, and after a dtype cast of the whole
+        model (pure bf16) that rounded them."""
+        device = self.rope_cos.device if device is None else device
+        cos, sin = rope_tables(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, device)
+        self.rope_cos, self.rope_sin = cos, sin
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -2,10 +2,10 @@
 
 The only place that wraps the model. The recipe's order (as torchtitan):
 
-    dist = init_distributed(pcfg.timeout_s)
+    world = init_distributed(pcfg.timeout_s)
     model = build_model(cfg, "meta")           # the model knows nothing of distribution
-    model = parallelize(model, pcfg, dist)     # 1) activation checkpointing 2) compile 3) FSDP2
-    materialize(model, dist, pcfg, seed)       # to_empty + init_weights (or load_full_state_dict)
+    model = parallelize(model, pcfg, world)    # 1) activation checkpointing 2) compile 3) FSDP2
+    materialize(model, world, pcfg, seed)      # to_empty + init_weights + RoPE tables (or load)
 
 Contracts the trainer relies on:
 - Every process, even a plain `python recipes/sft.py`, runs in a process group (a 1-process
@@ -19,10 +19,13 @@ Contracts the trainer relies on:
   compute in bf16 (FSDP2 all-gathers bf16 copies), gradients are reduced in fp32.
   "pure_bf16": parameters themselves are bf16 (half the memory, lossy updates); gradients are
   still reduced in fp32. "fp32": no casts. "auto": bf16 on CUDA, fp32 on CPU.
-- After `model(...)` the root's own parameters (tok_embeddings, norm, output) stay gathered
-  until backward, as plain tensors (bf16 under "bf16"), so a loss that fuses the head may use
-  `model.output.weight` on `model(ids, return_hidden=True)`; its gradient is reduced with the
-  rest. After a forward under no_grad (a DPO reference model), `model.reshard()` frees them.
+- Losses that fuse the head run inside forward (`model(..., head_fn=...)`), where FSDP has
+  gathered `model.output.weight`; its gradient is reduced with the rest. The root keeps its own
+  parameters gathered after forward (backward needs the head first); after a forward under
+  no_grad (a DPO reference model, generation), `reshard(model)` frees them.
+- Block inputs are NOT cast by FSDP (cast_forward_inputs=False): the hidden state is already
+  in the compute dtype (it comes out of the bf16 embedding), and the fp32 RoPE tables that
+  blocks receive must stay fp32 (a bf16 angle table is off by up to 2^-8 relative).
 - Activation checkpointing wraps blocks with checkpoint_wrapper, which inserts
   `_checkpoint_wrapped_module` into `named_parameters()` names; `model.state_dict()` and the
   torch.distributed.checkpoint.state_dict API strip it, so saved names stay Meta's
@@ -45,30 +48,14 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from engine.config import ConfigError
+from engine.run_config import ParallelConfig
 
 Precision = Literal["bf16", "pure_bf16", "fp32"]
 
 
 @dataclass
-class ParallelConfig:
-    dp_replicate: int = 1
-    """HSDP: replicate the sharded model across this many groups (typically nodes); 1 = plain FSDP."""
-    mixed_precision: Literal["auto", "bf16", "pure_bf16", "fp32"] = "auto"
-    """auto = bf16 compute, fp32 master weights and fp32 gradient reduction on CUDA, fp32 on CPU; pure_bf16 = parameters stored in bf16."""
-    activation_checkpointing: Literal["none", "full", "every_k"] = "none"
-    """Recompute block activations in backward: none, every block (full), or every ac_every-th block."""
-    ac_every: int = 2
-    """With activation_checkpointing=every_k: checkpoint the k-th, 2k-th, ... block."""
-    compile: bool = False
-    """torch.compile each transformer block (in place, parameter names unchanged)."""
-    reshard_after_forward: bool = True
-    """Free gathered block parameters after forward (ZeRO-3); False keeps them until backward (ZeRO-2-like, more memory, less communication)."""
-    timeout_s: int = 600
-    """Collective timeout in seconds, so a dead rank ends the job instead of hanging it."""
-
-
-@dataclass
-class Dist:
+class World:
+    """This process's place in the job. One name for it everywhere: `world`."""
     rank: int
     """Global rank."""
     world_size: int
@@ -78,14 +65,27 @@ class Dist:
     device: torch.device
     """cuda:local_rank, or cpu."""
     backend: str
-    """nccl on GPU, gloo on CPU."""
-
-    @property
-    def is_rank0(self) -> bool:
-        return self.rank == 0
+    """The process group's backends: "cpu:gloo,cuda:nccl" on GPU, "gloo" on CPU."""
 
 
-def init_distributed(timeout_s: int = 600) -> Dist:
+def process_group_backend(device_type: str) -> str:
+    """The backends of the default group for a job on `device_type`. On GPU, NCCL serves CUDA
+    tensors only; gloo beside it serves the CPU tensors that object collectives (DCP's
+    metadata exchange) and small host-side counters use, so no collective can meet a device
+    its group does not serve. all_reduce_sum/broadcast below still move tensors to the compute
+    device: NCCL is the fast path."""
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
+def served_device_types(backend: str) -> set[str]:
+    """The tensor device types a process-group backend string serves ("gloo" -> {"cpu"},
+    "nccl" -> {"cuda"}, "cpu:gloo,cuda:nccl" -> {"cpu", "cuda"})."""
+    if ":" not in backend:
+        return {"nccl": {"cuda"}, "gloo": {"cpu"}}.get(backend, set())
+    return {part.split(":")[0] for part in backend.split(",")}
+
+
+def init_distributed(timeout_s: int = 600) -> World:
     """Join (or create) the default process group; idempotent.
 
     Under torchrun the RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT environment is used.
@@ -95,7 +95,7 @@ def init_distributed(timeout_s: int = 600) -> Dist:
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    backend = "nccl" if cuda else "gloo"
+    backend = process_group_backend(device.type)
     if cuda:
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
@@ -107,7 +107,19 @@ def init_distributed(timeout_s: int = 600) -> Dist:
         else:
             tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1,
                                      timeout=timeout, **kw)
-    return Dist(tdist.get_rank(), tdist.get_world_size(), local_rank, device, backend)
+    return World(tdist.get_rank(), tdist.get_world_size(), local_rank, device, backend)
+
+
+def is_rank0() -> bool:
+    """True on global rank 0, and in a process without a group (the one way to ask)."""
+    return not (tdist.is_available() and tdist.is_initialized()) or tdist.get_rank() == 0
+
+
+def comm_device() -> torch.device:
+    """Where collectives' tensors go: this rank's GPU under NCCL, else the CPU."""
+    if torch.cuda.is_available() and tdist.is_initialized() and "nccl" in str(tdist.get_backend()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:
@@ -117,10 +129,25 @@ def barrier() -> None:
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum x over all ranks in place and return it; x itself without a group of several."""
+    """Sum x over all ranks in place and return it; x itself without a group of several.
+    The one helper for the engine's own reductions: a tensor on another device than the
+    communication device (a CPU counter under NCCL) is reduced there and copied back."""
     if tdist.is_initialized() and tdist.get_world_size() > 1:
-        tdist.all_reduce(x)
+        dev = comm_device()
+        y = x if x.device == dev else x.to(dev)
+        tdist.all_reduce(y)
+        if y is not x:
+            x.copy_(y)
     return x
+
+
+def broadcast_object(obj, src: int = 0):
+    """rank src's `obj` (any picklable value) on every rank; obj itself without a group."""
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        box = [obj]
+        tdist.broadcast_object_list(box, src=src, device=comm_device())
+        return box[0]
+    return obj
 
 
 def destroy_distributed() -> None:
@@ -131,15 +158,15 @@ def destroy_distributed() -> None:
         tdist.destroy_process_group()
 
 
-def build_mesh(dist: Dist, dp_replicate: int = 1) -> DeviceMesh:
+def build_mesh(world: World, dp_replicate: int = 1) -> DeviceMesh:
     """1-D ("dp_shard",) mesh for FSDP, or 2-D ("dp_replicate", "dp_shard") for HSDP: shard
     within a group of world_size // dp_replicate ranks, replicate across the groups."""
-    if dp_replicate < 1 or dist.world_size % dp_replicate:
-        raise ConfigError(f"config key 'parallel.dp_replicate' ({dp_replicate}) must be >= 1 and "
-                          f"divide the number of processes ({dist.world_size})")
+    if dp_replicate < 1 or world.world_size % dp_replicate:
+        raise ConfigError(f"parallel.dp_replicate ({dp_replicate}) must be >= 1 and "
+                          f"divide the number of processes ({world.world_size})")
     if dp_replicate == 1:
-        return init_device_mesh(dist.device.type, (dist.world_size,), mesh_dim_names=("dp_shard",))
-    return init_device_mesh(dist.device.type, (dp_replicate, dist.world_size // dp_replicate),
+        return init_device_mesh(world.device.type, (world.world_size,), mesh_dim_names=("dp_shard",))
+    return init_device_mesh(world.device.type, (dp_replicate, world.world_size // dp_replicate),
                             mesh_dim_names=("dp_replicate", "dp_shard"))
 
 
@@ -182,8 +209,11 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, precision: Precision,
         mp = MixedPrecisionPolicy(reduce_dtype=torch.float32)
     else:
         mp = MixedPrecisionPolicy()
+    # Blocks take the fp32 RoPE tables as inputs: they must not be cast (module docstring).
+    block_mp = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype,
+                                    cast_forward_inputs=False)
     for block in model.layers.values():
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=reshard_after_forward)
     # The root keeps its parameters gathered after forward: backward needs the head first,
     # and losses that fuse the head read model.output.weight after forward (see above).
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
@@ -208,36 +238,37 @@ def set_gradient_sum(model: nn.Module) -> None:
 
 
 def set_grad_sync(model: nn.Module, sync: bool) -> None:
-    """Gradient accumulation: call with False before the backward of every micro-step but the
-    last, True before the last. FSDP2 then keeps unsharded gradients locally (more memory, no
-    communication) and reduces the accumulated sum once. No-op when not FSDP-wrapped."""
+    """Whether the next backward reduce-scatters gradients. False keeps unsharded fp32
+    gradients locally until a backward with True (engine/train_step.py states what each choice
+    costs in memory). No-op when not FSDP-wrapped."""
     if isinstance(model, FSDPModule):
         model.set_requires_gradient_sync(sync)
 
 
-def parallelize(model: nn.Module, pcfg: ParallelConfig, dist: Dist) -> nn.Module:
+def parallelize(model: nn.Module, pcfg: ParallelConfig, world: World) -> nn.Module:
     """Wrap a model built on `meta`, in place, in torchtitan's order: activation checkpointing
     (innermost, so recomputation happens inside FSDP's gathered parameters), then compile
     (so each compiled graph includes the checkpointing), then FSDP2 (outermost). Gradients
     are set to SUM across ranks (see the module docstring). Returns the same model."""
-    mesh = build_mesh(dist, pcfg.dp_replicate)
+    mesh = build_mesh(world, pcfg.dp_replicate)
     # 1) activation checkpointing
     apply_activation_checkpointing(model, pcfg.activation_checkpointing, pcfg.ac_every)
     # 2) compile
     if pcfg.compile:
         apply_compile(model)
     # 3) FSDP2 (HSDP on a 2-D mesh)
-    apply_fsdp(model, mesh, resolve_precision(pcfg, dist.device), pcfg.reshard_after_forward)
+    apply_fsdp(model, mesh, resolve_precision(pcfg, world.device), pcfg.reshard_after_forward)
     set_gradient_sum(model)
     return model
 
 
-def materialize(model: nn.Module, dist: Dist, pcfg: ParallelConfig, seed: int) -> None:
-    """Allocate the (sharded) parameters on this rank's device and initialise them; with
-    pure_bf16 they are stored in bf16. The same seed gives the same model for any sharding."""
-    if resolve_precision(pcfg, dist.device) == "pure_bf16":
+def materialize(model: nn.Module, world: World, pcfg: ParallelConfig, seed: int) -> None:
+    """Allocate the (sharded) parameters on this rank's device and initialise them (and the
+    fp32 RoPE tables); with pure_bf16 they are stored in bf16. The same seed gives the same
+    model for any sharding."""
+    if resolve_precision(pcfg, world.device) == "pure_bf16":
         model.to(torch.bfloat16)  # still on meta: the fp32 copy is never allocated
-    model.to_empty(device=dist.device)
+    model.to_empty(device=world.device)
     model.init_weights(seed)
 
 

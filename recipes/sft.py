@@ -13,12 +13,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from engine import loop, parallel  # noqa: E402
+from engine import fit, launch, parallel  # noqa: E402
 from engine.config import parse_config  # noqa: E402
-from engine.train import sft_loss  # noqa: E402
+from engine.data_setup import prepare_data  # noqa: E402
+from engine.losses import sft_loss  # noqa: E402
+from engine.model_setup import build_and_load  # noqa: E402
+from engine.run_config import RunConfig  # noqa: E402
 
 # The embedded default (no --config given): a tiny LLaMA on the bundled data, ~2 minutes on a
 # 2-core CPU with --nproc_per_node 2. ADELIE's Llama-2-7B settings: configs/sft_llama2_7b.yaml.
+CONFIG = RunConfig  # the schema of this recipe's config
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "sft_default.yaml"
 
 
@@ -27,17 +31,17 @@ def count_tokens(batch) -> int:
 
 
 def main(argv=None):
-    cfg = parse_config(loop.RunConfig, loop.with_default_config(argv, DEFAULT_CONFIG))  # 1. config
-    d = loop.start(cfg)                                         # 2. distributed
+    cfg = parse_config(CONFIG, launch.with_default_config(argv, DEFAULT_CONFIG))  # 1. config (checked)
+    world = launch.start(cfg)                                    # 2. distributed
     try:
-        cache, tokenizer = loop.prepare_data(cfg, d, "sft")     # 3. tokenizer + data (before the model)
-        model = loop.build_and_load(cfg, d, cache.vocab_size)   # 4. model: meta -> FSDP -> init/load
-        loop.fit(cfg, d, model, cache, sft_loss, count_tokens,  # 5. optimizer, loop, checkpoints, export
-                 tokenizer_path=tokenizer)
+        cache, tokenizer = prepare_data(cfg, world, "sft")       # 3. tokenizer + data (before the model)
+        model = build_and_load(cfg, world, cache.vocab_size)     # 4. model: meta -> FSDP -> init/load
+        run = fit.setup_training(cfg, world, model, cache)       # 5. optimizer, schedule, resume
+        fit.train(run, sft_loss, count_tokens)                   # 6. the loop
+        fit.finish(run, tokenizer)                               # 7. final state + HF export
     finally:
         parallel.destroy_distributed()
 
 
 if __name__ == "__main__":
-    main()
-    parallel.exit_process(0)  # skip interpreter teardown (see its docstring)
+    launch.run_recipe(main)

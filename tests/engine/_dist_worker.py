@@ -1,9 +1,9 @@
-"""Worker for the multi-process tests of engine/parallel.py and engine/state.py, launched by
+"""Worker for the multi-process tests of engine/parallel.py and engine/train_checkpoint.py, launched by
 pytest through `launch()` as `python -m torch.distributed.run --standalone --nproc_per_node 2
 _dist_worker.py MODE OUT [ARGS]`. Rank 0 writes the results to OUT (an .npz of plain arrays) for pytest to
 compare with a single-process reference built from the same helpers, which pytest imports.
 
-The training loop is deliberately independent of engine/train.py: logits from `model(ids)`,
+The training loop is deliberately independent of engine/train_step.py: logits from `model(ids)`,
 cross-entropy summed over this rank's tokens and divided by the valid-token count of the
 whole global batch, AdamW.
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # so `engine` imports under torchrun too
 
-from engine.config import ModelConfig  # noqa: E402
+from engine.model_config import ModelConfig  # noqa: E402
 from engine.model import build_model  # noqa: E402
 
 IGNORE = -100
@@ -67,11 +67,13 @@ def plain_model(seed: int = 0):
 
 
 def make_optimizer(model):
-    # eps well above the default 1e-8: Adam's g / sqrt(v) turns last-bit differences in a
-    # gradient that cancels to ~1e-10 (the sum order differs between 1 and 2 ranks) into a
-    # full-size update difference; eps bounds that amplification by lr / eps.
-    return torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-5,
-                             weight_decay=0.1)
+    """The engine's own AdamW (foreach on CPU, fused on CUDA), as production builds it.
+    eps well above the default 1e-8: Adam's g / sqrt(v) turns last-bit differences in a
+    gradient that cancels to ~1e-10 (the sum order differs between 1 and 2 ranks) into a
+    full-size update difference; eps bounds that amplification by lr / eps."""
+    from engine.optim import build_optimizer
+    from engine.run_config import OptimConfig
+    return build_optimizer(model, OptimConfig(lr=3e-3, betas=[0.9, 0.95], eps=1e-5, weight_decay=0.1))
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
@@ -81,14 +83,16 @@ def full(t: torch.Tensor) -> torch.Tensor:
 
 
 def train(model, opt, batches, rank: int = 0, world: int = 1, micro: int = 1, sched=None,
-          first_grads: dict | None = None, noise: bool = False, head_outside: bool = False) -> list[float]:
+          first_grads: dict | None = None, noise: bool = False, head_fn: bool = False,
+          sync_every: bool = True) -> list[float]:
     """Each rank takes its contiguous slice of rows of every global batch, split into `micro`
     micro-batches. Returns the global loss of each step (the same on every rank).
 
     noise: perturb the ids with the torch, numpy and python RNGs, so that a resumed run only
     reproduces the losses if all three RNG states were restored.
-    head_outside: apply the output head outside model.forward (to return_hidden states), as
-    fused-head losses do."""
+    head_fn: apply the output head through forward's head_fn, the path the fused-head losses take.
+    sync_every: reduce-scatter gradients after every micro-batch (the engine's default), else
+    only after the last (FSDP2 keeps unsharded gradients in between)."""
     from engine.parallel import set_grad_sync
 
     losses = []
@@ -101,10 +105,9 @@ def train(model, opt, batches, rank: int = 0, world: int = 1, micro: int = 1, sc
         ids, labels = ids[rank * rows:(rank + 1) * rows], labels[rank * rows:(rank + 1) * rows]
         step_loss = torch.zeros(())
         for m, (x, y) in enumerate(zip(ids.chunk(micro), labels.chunk(micro))):
-            set_grad_sync(model, m == micro - 1)
-            if head_outside:
-                h = model(x, return_hidden=True)  # (b, T, dim)
-                logits = F.linear(h, model.output.weight).float()  # (b, T, V)
+            set_grad_sync(model, sync_every or m == micro - 1)
+            if head_fn:
+                logits = model(x, head_fn=lambda h, w: F.linear(h, w).float()).view(*x.shape, -1)  # (b, T, V)
             else:
                 logits = model(x)  # (b, T, V) fp32
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE,
@@ -143,8 +146,8 @@ def make_scheduler(opt):
 def run_parallel(out: Path) -> None:
     from engine.parallel import ParallelConfig, init_distributed, load_full_state_dict, materialize, parallelize
 
-    dist = init_distributed(timeout_s=60)
-    r, w = dist.rank, dist.world_size
+    world = init_distributed(timeout_s=60)
+    r, w = world.rank, world.world_size
     results: dict[str, np.ndarray] = {}
 
     def record(tag, losses, model, grads):
@@ -155,24 +158,25 @@ def run_parallel(out: Path) -> None:
             results[f"{tag}/grad/{n}"] = t.numpy()
 
     batches = global_batches(3)
-    for tag, pcfg, micro, head_outside in [
-        ("fsdp", ParallelConfig(), 1, False),
-        ("hsdp", ParallelConfig(dp_replicate=2), 1, False),
-        ("fsdp_accum", ParallelConfig(activation_checkpointing="full"), 2, False),
-        ("fsdp_head_outside", ParallelConfig(), 1, True),
+    for tag, pcfg, micro, head_fn, sync_every in [
+        ("fsdp", ParallelConfig(), 1, False, True),
+        ("hsdp", ParallelConfig(dp_replicate=2), 1, False, True),
+        ("fsdp_accum", ParallelConfig(activation_checkpointing="full"), 2, False, True),
+        ("fsdp_accum_sync_last", ParallelConfig(activation_checkpointing="full"), 2, False, False),
+        ("fsdp_head_fn", ParallelConfig(), 1, True, True),
     ]:
-        model = parallelize(build_model(tiny_config(), "meta"), pcfg, dist)
-        materialize(model, dist, pcfg, seed=0)
+        model = parallelize(build_model(tiny_config(), "meta"), pcfg, world)
+        materialize(model, world, pcfg, seed=0)
         grads: dict = {}
         losses = train(model, make_optimizer(model), batches, r, w, micro=micro, first_grads=grads,
-                       head_outside=head_outside)
+                       head_fn=head_fn, sync_every=sync_every)
         record(tag, losses, model, grads)
 
     # Mixed precision on 2 ranks: one step; master weights and gradients stay fp32 for bf16.
     for tag in ("bf16", "pure_bf16"):
         pcfg = ParallelConfig(mixed_precision=tag)
-        model = parallelize(build_model(tiny_config(), "meta"), pcfg, dist)
-        materialize(model, dist, pcfg, seed=0)
+        model = parallelize(build_model(tiny_config(), "meta"), pcfg, world)
+        materialize(model, world, pcfg, seed=0)
         grads = {}
         losses = train(model, make_optimizer(model), batches[:1], r, w, first_grads=grads)
         record(tag, losses, model, grads)
@@ -183,8 +187,9 @@ def run_parallel(out: Path) -> None:
     ids = batches[0][0]
     for tag, bcast in (("load_full", False), ("load_bcast", True)):
         pcfg = ParallelConfig()
-        model = parallelize(build_model(tiny_config(), "meta"), pcfg, dist)
-        model.to_empty(device=dist.device)
+        model = parallelize(build_model(tiny_config(), "meta"), pcfg, world)
+        model.to_empty(device=world.device)
+        model.init_rope()
         sd = ref.state_dict() if (r == 0 or not bcast) else {}
         load_full_state_dict(model, sd, broadcast_from_rank0=bcast)
         with torch.no_grad():
@@ -196,15 +201,15 @@ def run_parallel(out: Path) -> None:
 def run_state(out: Path, root: Path, resume: bool) -> None:
     """First launch (resume=False): train 3 steps, save, train 2 more, save. Second launch:
     load the step-3 state (named explicitly) and train the same 2 steps."""
-    from engine import state
+    from engine import train_checkpoint
     from engine.parallel import ParallelConfig, init_distributed, materialize, parallelize
 
-    dist = init_distributed(timeout_s=60)
-    r, w = dist.rank, dist.world_size
+    world = init_distributed(timeout_s=60)
+    r, w = world.rank, world.world_size
     pcfg = ParallelConfig(activation_checkpointing="every_k")
-    model = parallelize(build_model(tiny_config(), "meta"), pcfg, dist)
+    model = parallelize(build_model(tiny_config(), "meta"), pcfg, world)
     # A different init seed when resuming, so only a correct load can reproduce the losses.
-    materialize(model, dist, pcfg, seed=1 if resume else 0)
+    materialize(model, world, pcfg, seed=1 if resume else 0)
     opt = make_optimizer(model)
     sched = make_scheduler(opt)
     batches = global_batches(5)
@@ -214,13 +219,13 @@ def run_state(out: Path, root: Path, resume: bool) -> None:
     results: dict[str, np.ndarray] = {}
     if not resume:
         train(model, opt, sched=sched, batches=batches[:3], rank=r, world=w, noise=True)
-        path = state.save_state(root, 3, model, opt, sched, {"epoch": 0, "cursor": 12},
+        path = train_checkpoint.save_state(root, 3, model, opt, sched, {"epoch": 0, "cursor": 12},
                                 config_text="model: tiny\n", keep=2)
         losses = train(model, opt, sched=sched, batches=batches[3:], rank=r, world=w, noise=True)
-        state.save_state(root, 5, model, opt, sched, {"epoch": 0, "cursor": 20}, keep=2)
+        train_checkpoint.save_state(root, 5, model, opt, sched, {"epoch": 0, "cursor": 20}, keep=2)
         results["saved_path"] = np.array(str(path))
     else:
-        step, extra = state.load_state(root / "step-00000003", model, opt, sched)
+        step, extra = train_checkpoint.load_state(root / "step-00000003", model, opt, sched)
         results["step"] = np.array(step)
         results["cursor"] = np.array(extra["cursor"])
         losses = train(model, opt, sched=sched, batches=batches[3:], rank=r, world=w, noise=True)

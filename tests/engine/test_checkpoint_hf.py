@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from engine.checkpoint import load_hf, save_hf
-from engine.config import ModelConfig
+from engine.hf_checkpoint import load_hf, save_hf
+from engine.model_config import ModelConfig
 from engine.model import build_model
 
 transformers = pytest.importorskip("transformers")

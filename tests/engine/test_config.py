@@ -4,7 +4,8 @@ from typing import Literal
 
 import pytest
 
-from engine.config import ConfigError, ModelConfig, format_config, parse_config, dump_config
+from engine.config import ConfigError, dump_config, format_config, parse_config
+from engine.model_config import ModelConfig
 
 
 @dataclass
@@ -83,3 +84,27 @@ def test_model_config_from_params_json(tmp_path):
                  '"n_kv_heads": 8, "n_layers": 80, "norm_eps": 1e-05, "vocab_size": -1}')
     cfg = ModelConfig.from_params_json(f)
     assert cfg.vocab_size == 32000 and cfg.hidden_dim == 28672 and cfg.head_dim == 128
+
+
+@pytest.mark.parametrize("override, key", [
+    ("dpo.beta=0", "dpo.beta"), ("dpo.beta=-1", "dpo.beta"),
+    ("dpo.label_smoothing=0.6", "dpo.label_smoothing"),  # sigmoid allows [0, 1]: 0.6 is fine, see below
+    ("optim.lr=0", "optim.lr"), ("optim.warmup_ratio=2", "optim.warmup_ratio"),
+    ("data.rows_per_micro_batch=0", "data.rows_per_micro_batch"), ("global_batch_rows=3", "global_batch_rows"),
+    ("model.preset=nope", "model.preset"), ("parallel.dp_replicate=3", "parallel.dp_replicate"),
+])
+def test_constraints_fail_at_parse_time_naming_the_key(override, key):
+    from engine.run_config import DPOConfig
+    base = ["global_batch_rows=4", "data.rows_per_micro_batch=2"]
+    if override == "dpo.label_smoothing=0.6":
+        parse_config(DPOConfig, base + [override])  # cDPO: a flip probability in [0, 1]
+        override = "dpo.loss_type=robust dpo.label_smoothing=0.6"
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config(DPOConfig, base + override.split())
+
+
+def test_label_smoothing_is_meaningless_for_ipo():
+    from engine.run_config import DPOConfig
+    with pytest.raises(ConfigError, match=r"dpo\.label_smoothing"):
+        parse_config(DPOConfig, ["dpo.loss_type=ipo", "dpo.label_smoothing=0.1"])
+    assert parse_config(DPOConfig, ["dpo.loss_type=ipo"]).dpo.loss_type == "ipo"

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import attention
-from engine.config import PRESETS, ModelConfig
+from engine.attention import attention, build_doc_mask
+from engine.model_config import PRESETS, ModelConfig
 from engine.model import build_model
 
 PUBLISHED = {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320, "llama2-70b": 68_976_648_192}
@@ -39,9 +39,9 @@ def test_shapes_and_hidden_states():
     x = torch.randint(0, cfg.vocab_size, (3, 11))
     logits = model(x)
     assert logits.shape == (3, 11, cfg.vocab_size) and logits.dtype == torch.float32
-    hidden = model(x, return_hidden=True)
-    assert hidden.shape == (3, 11, cfg.dim)
-    torch.testing.assert_close(model.output(hidden), logits)
+    hidden, weight = model(x, head_fn=lambda h, w: (h, w))
+    assert hidden.shape == (3 * 11, cfg.dim) and weight is model.output.weight
+    torch.testing.assert_close(model.output(hidden).view(3, 11, -1), logits)
 
 
 def test_init_is_deterministic_and_seeded():
@@ -135,7 +135,7 @@ def test_every_backend_matches_per_document_attention(backend):
     q, k, v = (torch.randn(B, T, h, D, device=device, dtype=dtype) for h in (Hq, Hk, Hk))
     _, _, doc_ids, docs = _packed_batch([[10, 17, 4], [30]], 5, T)
     doc_ids = doc_ids.to(device)
-    out = attention(q, k, v, doc_ids, backend)
+    out = attention(q, k, v, build_doc_mask(backend, doc_ids, T, q.device))
     for b, start, n in docs:
         sl = slice(start, start + n)
         qd, kd, vd = (t[b:b + 1, sl].transpose(1, 2).float() for t in (q, k, v))

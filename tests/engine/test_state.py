@@ -1,4 +1,4 @@
-"""engine/state.py: resuming reproduces training; crashes mid-save and pruning.
+"""engine/train_checkpoint.py: resuming reproduces training; crashes mid-save and pruning.
 
 The reference for a resumed run is the uninterrupted run: 2 ranks (FSDP2, gloo) train 3 steps,
 save, train 2 more; a fresh launch loads the step-3 state into a differently initialised model
@@ -16,7 +16,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import _dist_worker as W
-from engine import state
+from engine import train_checkpoint
 from engine.model import build_model
 from engine.parallel import ParallelConfig, destroy_distributed, init_distributed, materialize, parallelize
 
@@ -61,25 +61,25 @@ def test_saved_names_are_metas(resumed):
 
 
 @pytest.fixture
-def dist1():
+def world1():
     d = init_distributed(timeout_s=60)
     yield d
     destroy_distributed()
 
 
-def fsdp_run(dist, seed: int = 0):
+def fsdp_run(world, seed: int = 0):
     pcfg = ParallelConfig()
-    model = parallelize(build_model(W.tiny_config(), "meta"), pcfg, dist)
-    materialize(model, dist, pcfg, seed)
+    model = parallelize(build_model(W.tiny_config(), "meta"), pcfg, world)
+    materialize(model, world, pcfg, seed)
     opt = W.make_optimizer(model)
     return model, opt, W.make_scheduler(opt)
 
 
-def test_crash_mid_save_keeps_previous_loadable(dist1, tmp_path, monkeypatch):
-    model, opt, sched = fsdp_run(dist1)
+def test_crash_mid_save_keeps_previous_loadable(world1, tmp_path, monkeypatch):
+    model, opt, sched = fsdp_run(world1)
     batches = W.global_batches(3)
     W.train(model, opt, batches[:1], sched=sched)
-    saved = state.save_state(tmp_path, 1, model, opt, sched, {"cursor": 4})
+    saved = train_checkpoint.save_state(tmp_path, 1, model, opt, sched, {"cursor": 4})
     expected = W.params_of(model)
     W.train(model, opt, batches[1:2], sched=sched)
 
@@ -87,23 +87,23 @@ def test_crash_mid_save_keeps_previous_loadable(dist1, tmp_path, monkeypatch):
         raise RuntimeError("simulated crash")
     monkeypatch.setattr(state, "_rng_state", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        state.save_state(tmp_path, 2, model, opt, sched, {"cursor": 8})
+        train_checkpoint.save_state(tmp_path, 2, model, opt, sched, {"cursor": 8})
     monkeypatch.undo()
     assert (tmp_path / "step-00000002.tmp" / ".metadata").exists()
     (tmp_path / "step-00000009").mkdir()  # no COMPLETE: also not a checkpoint
 
-    assert state.latest_state(tmp_path) == saved
-    fresh, opt2, sched2 = fsdp_run(dist1, seed=5)
-    step, extra = state.load_state(saved, fresh, opt2, sched2)
+    assert train_checkpoint.latest_state(tmp_path) == saved
+    fresh, opt2, sched2 = fsdp_run(world1, seed=5)
+    step, extra = train_checkpoint.load_state(saved, fresh, opt2, sched2)
     assert (step, extra) == (1, {"cursor": 4})
     got = W.params_of(fresh)
     assert all(torch.equal(got[n], expected[n]) for n in expected)
     # Both continue identically from there.
-    model3, opt3, sched3 = fsdp_run(dist1, seed=9)
-    state.load_state(saved, model3, opt3, sched3)
+    model3, opt3, sched3 = fsdp_run(world1, seed=9)
+    train_checkpoint.load_state(saved, model3, opt3, sched3)
     assert W.train(fresh, opt2, batches[1:], sched=sched2) == W.train(model3, opt3, batches[1:], sched=sched3)
 
-    state.save_state(tmp_path, 3, fresh, opt2, sched2, {})  # cleans up after the crash
+    train_checkpoint.save_state(tmp_path, 3, fresh, opt2, sched2, {})  # cleans up after the crash
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001", "step-00000003"]
 
 
@@ -112,23 +112,23 @@ def test_keep_newest_and_never_the_one_just_written(tmp_path):
     model = W.plain_model()
     opt = W.make_optimizer(model)
     for step in range(1, 5):
-        state.save_state(tmp_path, step, model, opt, None, {"step": step}, keep=2)
+        train_checkpoint.save_state(tmp_path, step, model, opt, None, {"step": step}, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000004"]
     # Saving an older step (after resuming from it) keeps it even with keep=1.
-    state.save_state(tmp_path, 2, model, opt, None, {}, keep=1)
+    train_checkpoint.save_state(tmp_path, 2, model, opt, None, {}, keep=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]
     with pytest.raises(ValueError, match="keep"):
-        state.save_state(tmp_path, 5, model, opt, None, {}, keep=0)
+        train_checkpoint.save_state(tmp_path, 5, model, opt, None, {}, keep=0)
 
 
 def test_rng_and_model_only_round_trip(tmp_path):
     model = W.plain_model(seed=0)
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     np.random.normal()  # leaves a cached gaussian in numpy's state
-    path = state.save_state(tmp_path, 7, model, None, None, {"a": [1, 2]}, config_text=None)
+    path = train_checkpoint.save_state(tmp_path, 7, model, None, None, {"a": [1, 2]}, config_text=None)
     draws = (torch.rand(3), np.random.normal(size=3), [random.random() for _ in range(3)])
     other = W.plain_model(seed=1)
-    assert state.load_state(path, other) == (7, {"a": [1, 2]})
+    assert train_checkpoint.load_state(path, other) == (7, {"a": [1, 2]})
     again = (torch.rand(3), np.random.normal(size=3), [random.random() for _ in range(3)])
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
@@ -138,5 +138,5 @@ def test_rng_and_model_only_round_trip(tmp_path):
 def test_incomplete_directory_refuses_to_load(tmp_path):
     (tmp_path / "step-00000001").mkdir()
     with pytest.raises(FileNotFoundError, match="COMPLETE"):
-        state.load_state(tmp_path / "step-00000001", W.plain_model())
-    assert state.latest_state(tmp_path) is None and state.latest_state(tmp_path / "nope") is None
+        train_checkpoint.load_state(tmp_path / "step-00000001", W.plain_model())
+    assert train_checkpoint.latest_state(tmp_path) is None and train_checkpoint.latest_state(tmp_path / "nope") is None

@@ -6,9 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 from engine.model import build_model
-from engine.train import OptimConfig, build_optimizer, build_scheduler, sequence_logps, sft_loss, train_step
+from engine.losses import score_documents, sft_loss
+from engine.optim import build_optimizer, build_scheduler
+from engine.run_config import OptimConfig
+from engine.train_step import train_step
 
 
 def tiny_model(seed=0):
@@ -55,10 +58,10 @@ def test_sft_packed_loss_equals_unpacked_documents():
     torch.testing.assert_close(packed, total / n_valid, rtol=1e-5, atol=1e-6)
 
 
-def test_sequence_logps_equal_unpacked_documents():
+def test_score_documents_equal_unpacked_documents():
     model = tiny_model()
     batch, docs = packed_batch([[9, 14, 5], [20, 7]], T=31, seed=1)
-    got = sequence_logps(model, batch)
+    got = score_documents(model, batch)
     for d, (b, s, n) in enumerate(docs):
         logp = model(batch["input_ids"][b:b + 1, s:s + n])[0].log_softmax(-1)
         labels = batch["labels"][b, s:s + n]

@@ -9,7 +9,8 @@ import pytest
 from recipe_utils import FAST, REPO
 
 sys.path.insert(0, str(REPO))
-import engine.loop  # noqa: E402
+import engine.fit  # noqa: E402
+import engine.model_setup  # noqa: E402
 from recipes import sft  # noqa: E402
 
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, cache_dir, monkeypatch):
-    real_step = engine.loop.train_step
+    real_step = engine.fit.train_step
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -27,7 +28,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, cache_dir,
             out["loss"] = math.nan
         return out
 
-    monkeypatch.setattr(engine.loop, "train_step", poisoned)
+    monkeypatch.setattr(engine.fit, "train_step", poisoned)
     out = tmp_path / "run"
     with pytest.raises(FloatingPointError, match=r"at step 3.*step-00000002"):
         sft.main([*FAST, f"data.cache_dir={cache_dir}", f"output_dir={out}", "max_steps=5", "save_every=2"])
@@ -45,7 +46,7 @@ def test_bad_record_is_reported_before_the_model_is_built(tmp_path, cache_dir, m
     def no_model(*a, **k):
         raise AssertionError("the model was built before the data error was reported")
 
-    monkeypatch.setattr(engine.loop, "build_model", no_model)
+    monkeypatch.setattr(engine.model_setup, "build_model", no_model)
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         sft.main([*FAST, f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}",
                   f"data.train_files=[{bad}]", f"data.tokenizer={_bundled_tokenizer(cache_dir)}"])

@@ -1,4 +1,5 @@
-"""Checkpoints: Hugging Face Llama import/export (safetensors only, never pickle).
+"""Hugging Face Llama import/export (safetensors only, never pickle); resumable training state is
+engine/train_checkpoint.py.
 
 HF <-> Meta names map one to one, except that HF stores wq/wk with each head's rows permuted
 so its rotate-half RoPE matches Meta's interleaved pairs. Import undoes that permutation,
@@ -15,8 +16,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 from engine.model import Transformer, build_model
+from engine.parallel import is_rank0
 
 _LAYER = {  # HF name inside model.layers.N -> ours inside layers.N
     "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
@@ -130,6 +132,7 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None, device: str | to
     missing = sorted(set(params) - loaded)
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    model.init_rope(device)
     return model
 
 
@@ -144,9 +147,7 @@ def save_hf(model: Transformer, path: str | Path, tokenizer_path: str | Path | N
     read: safetensors shards of at most `max_shard_bytes` (+ index when more than one),
     config.json, generation_config.json, and tokenizer.model + its config when given.
     Sharded (FSDP2/DTensor) parameters are gathered; only rank 0 writes."""
-    import torch.distributed as dist
-
-    rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    rank0 = is_rank0()
     cfg = model.cfg
     shards: list[dict[str, torch.Tensor]] = [{}]
     size, total = 0, 0

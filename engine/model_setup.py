@@ -1,0 +1,44 @@
+"""A run's model: config from the checkpoint or preset -> built on meta -> parallelized ->
+materialised -> loaded from the Hugging Face checkpoint or initialised from the seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from engine import parallel
+from engine.config import ConfigError
+from engine.hf_checkpoint import config_from_hf, load_hf
+from engine.model import Transformer, build_model
+from engine.model_config import ModelConfig, build_model_config
+from engine.run_config import RunConfig
+
+
+def model_config(cfg: RunConfig, vocab_size: int) -> ModelConfig:
+    """The architecture: the checkpoint's config.json, else the preset with the tokenizer's vocabulary."""
+    if cfg.model.checkpoint:
+        config_path = Path(cfg.model.checkpoint) / "config.json"
+        if not config_path.exists():
+            raise ConfigError(f"model.checkpoint: {config_path} does not exist")
+        mcfg = config_from_hf(json.loads(config_path.read_text()))
+        if mcfg.vocab_size != vocab_size:
+            raise ConfigError(f"model.checkpoint has vocab {mcfg.vocab_size} but the tokenizer {vocab_size}")
+    else:
+        mcfg = build_model_config(cfg.model.preset, vocab_size=vocab_size)
+    return dataclasses.replace(mcfg, attn_backend=cfg.model.attn_backend)
+
+
+def build_and_load(cfg: RunConfig, world: parallel.World, vocab_size: int, trainable: bool = True) -> Transformer:
+    """Model on meta -> parallelize -> materialise -> load the checkpoint or initialise."""
+    model = build_model(model_config(cfg, vocab_size), "meta")
+    model = parallel.parallelize(model, cfg.parallel, world)
+    parallel.materialize(model, world, cfg.parallel, cfg.seed)
+    if cfg.model.checkpoint:  # rank 0 reads the safetensors; each rank keeps its own shard
+        full = load_hf(cfg.model.checkpoint, dtype=torch.float32).state_dict() if world.rank == 0 else {}
+        parallel.load_full_state_dict(model, full, broadcast_from_rank0=world.world_size > 1)
+    model.train(trainable)
+    model.requires_grad_(trainable)
+    return model

@@ -1,0 +1,207 @@
+"""The recipes' config schema: one dataclass per section, a one-line docstring per field, and a
+`validate()` per section that engine/config.py's parser runs right after parsing, so a bad value
+or a bad combination is reported (naming the key) before any data or model work.
+
+    RunConfig                       what SFT and DPO share: output, seed, length, batch, saves
+      model: ModelSection           preset or Hugging Face checkpoint, attention backend
+      data: DataSection             files, tokenizer, row length, micro-batch rows, cache
+      optim: OptimConfig            AdamW and the LR schedule
+      parallel: ParallelConfig      sharding, precision, activation checkpointing, compile
+    DPOConfig(RunConfig)
+      dpo: DPOSection               preference loss and reference model
+
+The world size comes from torchrun's WORLD_SIZE (1 without torchrun), so batch arithmetic is
+checked at parse time too.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.config import ConfigError
+from kernels.dpo_loss import LOSS_TYPES
+
+
+def launch_world_size() -> int:
+    """The number of processes this launch will have (torchrun sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass
+class ModelSection:
+    preset: str = "debug"
+    """Architecture preset for a fresh model (ignored when `checkpoint` is set)."""
+    checkpoint: str = ""
+    """Hugging Face Llama directory to start from; empty = random init from `preset`."""
+    attn_backend: Literal["auto", "flash", "flex", "sdpa"] = "auto"
+    """Attention backend: auto (flash-attn for bf16 > FlexAttention on CUDA, SDPA on CPU), flash, flex, sdpa."""
+
+    def validate(self) -> None:
+        from engine.model_config import PRESETS
+        if not self.checkpoint and self.preset not in PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+
+
+@dataclass
+class DataSection:
+    train_files: list[str] = field(default_factory=list)
+    """Training files (JSONL / JSON); empty = the bundled sample IE data."""
+    tokenizer: str = ""
+    """sentencepiece tokenizer.model; empty = the checkpoint's, else the bundled one."""
+    seq_len: int = 512
+    """Packed row length in tokens."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """Examples longer than seq_len: truncate or drop."""
+    rows_per_micro_batch: int = 4
+    """Packed rows per micro-batch per rank."""
+    cache_dir: str = "runs/cache"
+    """Where bundled data, the trained tokenizer and token caches live."""
+    workers: int = 0
+    """Tokenizer processes for the token cache (0 = all cores)."""
+
+    def validate(self) -> None:
+        for key in ("seq_len", "rows_per_micro_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay, applied to 2-D weights only (not norms)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """'cosine' or 'linear' decay after warmup (to 0), or 'constant'."""
+    warmup_ratio: float = 0.03
+    """Fraction of the total steps spent warming up linearly from 0."""
+    max_grad_norm: float = 1.0
+    """Clip gradients to this global norm (0 disables)."""
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
+    """AdamW kernel: auto (fused on CUDA, foreach on CPU), fused, foreach, or for_loop (one tensor at a time)."""
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"optim.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"optim.max_grad_norm must be >= 0 (0 disables), got {self.max_grad_norm}")
+
+
+@dataclass
+class ParallelConfig:
+    dp_replicate: int = 1
+    """HSDP: replicate the sharded model across this many groups (typically nodes); 1 = plain FSDP."""
+    mixed_precision: Literal["auto", "bf16", "pure_bf16", "fp32"] = "auto"
+    """auto = bf16 compute, fp32 master weights and fp32 gradient reduction on CUDA, fp32 on CPU; pure_bf16 = parameters stored in bf16."""
+    activation_checkpointing: Literal["none", "full", "every_k"] = "none"
+    """Recompute block activations in backward: none, every block (full), or every ac_every-th block."""
+    ac_every: int = 2
+    """With activation_checkpointing=every_k: checkpoint the k-th, 2k-th, ... block."""
+    compile: bool = False
+    """torch.compile each transformer block (in place, parameter names unchanged)."""
+    reshard_after_forward: bool = True
+    """Free gathered block parameters after forward (ZeRO-3); False keeps them until backward (ZeRO-2-like, more memory, less communication)."""
+    grad_sync: Literal["every_micro_batch", "last_micro_batch"] = "every_micro_batch"
+    """Gradient accumulation: reduce-scatter after every micro-batch (sharded fp32 gradients only: 4 bytes x params / ranks per rank) or only after the last (no communication in between, but each rank keeps the unsharded fp32 gradients: 4 bytes x params, ~27 GB for 7B)."""
+    deterministic: bool = False
+    """Deterministic algorithms (torch.use_deterministic_algorithms, a deterministic per-document reduction): bitwise-repeatable runs and resumes on GPU, somewhat slower."""
+    timeout_s: int = 600
+    """Collective timeout in seconds, so a dead rank ends the job instead of hanging it."""
+
+    def validate(self) -> None:
+        world = launch_world_size()
+        if self.dp_replicate < 1 or world % self.dp_replicate:
+            raise ConfigError(f"parallel.dp_replicate ({self.dp_replicate}) must be >= 1 and divide the "
+                              f"number of processes ({world})")
+        if self.activation_checkpointing == "every_k" and self.ac_every < 1:
+            raise ConfigError(f"parallel.ac_every must be >= 1, got {self.ac_every}")
+        if self.timeout_s < 1:
+            raise ConfigError(f"parallel.timeout_s must be >= 1, got {self.timeout_s}")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/sft"
+    """Checkpoints, metrics.jsonl, loss.png and the final Hugging Face export go here."""
+    seed: int = 0
+    """Seed for initialisation and data order."""
+    epochs: float = 1.0
+    """Passes over the data (max_steps wins when set)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps; wins over epochs."""
+    global_batch_rows: int = 8
+    """Packed rows per optimizer step over all ranks (= world x micro-batch rows x accumulation)."""
+    save_every: int = 0
+    """Save a resumable checkpoint every this many steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many resumable checkpoints to keep."""
+    resume: str = "auto"
+    """auto = continue from the newest complete checkpoint in output_dir; never; or a path."""
+    model: ModelSection = field(default_factory=ModelSection)
+    """Model to train."""
+    data: DataSection = field(default_factory=DataSection)
+    """Training data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Sharding, precision, activation checkpointing, compile."""
+
+    def validate(self) -> None:
+        if not self.epochs > 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 (or null), got {self.max_steps}")
+        if self.save_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError(f"save_every must be >= 0 and keep_checkpoints >= 1, got "
+                              f"{self.save_every} and {self.keep_checkpoints}")
+        world = launch_world_size()
+        per_step = world * self.data.rows_per_micro_batch
+        if self.global_batch_rows < 1 or self.global_batch_rows % per_step:
+            raise ConfigError(f"global_batch_rows ({self.global_batch_rows}) must be a multiple of the world size "
+                              f"({world}) x data.rows_per_micro_batch ({self.data.rows_per_micro_batch}) = {per_step}")
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each rank."""
+        return self.global_batch_rows // (world_size * self.data.rows_per_micro_batch)
+
+
+@dataclass
+class DPOSection:
+    beta: float = 0.1
+    """Strength of the KL anchor to the reference model."""
+    loss_type: Literal[LOSS_TYPES] = "sigmoid"
+    """sigmoid (DPO; with label_smoothing: conservative DPO), ipo, hinge or robust."""
+    label_smoothing: float = 0.0
+    """Assumed label-flip rate for sigmoid (cDPO, in [0, 1]) / robust (in [0, 0.5))."""
+    reference: Literal["cached", "frozen"] = "cached"
+    """cached: score pairs once before training and cache them; frozen: keep a frozen model."""
+
+    def validate(self) -> None:
+        if not (self.beta > 0 and self.beta != float("inf")):
+            raise ConfigError(f"dpo.beta must be a finite number > 0, got {self.beta}")
+        ls = self.label_smoothing
+        if self.loss_type == "sigmoid" and not 0.0 <= ls <= 1.0:
+            raise ConfigError(f"dpo.label_smoothing for loss_type=sigmoid (cDPO) is a flip probability in [0, 1], got {ls}")
+        if self.loss_type == "robust" and not 0.0 <= ls < 0.5:
+            raise ConfigError(f"dpo.label_smoothing for loss_type=robust must lie in [0, 0.5), got {ls}")
+        if self.loss_type in ("ipo", "hinge") and ls != 0.0:
+            raise ConfigError(f"dpo.label_smoothing has no meaning for loss_type={self.loss_type}; leave it 0, got {ls}")
+
+
+@dataclass
+class DPOConfig(RunConfig):
+    dpo: DPOSection = field(default_factory=DPOSection)
+    """DPO loss settings."""

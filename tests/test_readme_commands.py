@@ -1,0 +1,63 @@
+"""Every recipe command line in the README parses and validates for the world size it names
+(nnodes x nproc_per_node), exactly as the recipe would parse it at start-up, before any data or
+model work: a command that could never start (batch arithmetic, unknown keys) fails here."""
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from engine.config import ConfigError, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S)
+    commands = []
+    for block in blocks:
+        for cmd in block.replace("\\\n", " ").splitlines():
+            for part in cmd.split("&&"):
+                if re.search(r"recipes/\w+\.py", part):
+                    commands.append(part.strip())
+    return commands
+
+
+def recipe_invocation(cmd: str) -> tuple[str, int, list[str]]:
+    """-> (recipe name, world size, the recipe's own arguments)."""
+    words = shlex.split(cmd.replace("$HEAD_NODE", "head"))
+    i = next(i for i, w in enumerate(words) if re.fullmatch(r"recipes/\w+\.py", w))
+    launcher, args = words[:i], words[i + 1:]
+    opts = dict(re.findall(r"--(nnodes|nproc_per_node)[ =](\S+)", " ".join(launcher)))
+    world = int(opts.get("nnodes", 1)) * int(opts.get("nproc_per_node", 1))
+    return Path(words[i]).stem, world, args
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_has_recipe_commands():
+    assert len(COMMANDS) >= 4
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_readme_command_parses_for_its_world_size(cmd, monkeypatch):
+    name, world, args = recipe_invocation(cmd)
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    module = importlib.import_module(f"recipes.{name}")
+    monkeypatch.chdir(REPO)
+    try:
+        parse_config(module.CONFIG, module.launch.with_default_config(args, module.DEFAULT_CONFIG))
+    except ConfigError as e:
+        pytest.fail(f"{cmd}\n  (world size {world}): {e}")
+
+
+def test_world_size_is_checked_at_parse_time(monkeypatch):
+    """The old README's 4-node example: 32 ranks x 4 rows can never make a batch of 32 rows."""
+    monkeypatch.setenv("WORLD_SIZE", "32")
+    from recipes import sft
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match="global_batch_rows"):
+        parse_config(sft.CONFIG, ["--config", "recipes/configs/sft_llama2_7b.yaml"])
