@@ -85,7 +85,7 @@ def test_crash_mid_save_keeps_previous_loadable(world1, tmp_path, monkeypatch):
 
     def crash():  # after the model and optimizer shards are written, before COMPLETE
         raise RuntimeError("simulated crash")
-    monkeypatch.setattr(state, "_rng_state", crash)
+    monkeypatch.setattr(train_checkpoint, "_rng_state", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_checkpoint.save_state(tmp_path, 2, model, opt, sched, {"cursor": 8})
     monkeypatch.undo()
