@@ -4,12 +4,16 @@ Rows may hold several documents (doc_ids, (B, T), -1 for padding); a token atten
 earlier tokens of its own document, so packed documents never see each other.
 
 Backends (same result as running each document alone):
-- "flash": flash-attn's varlen kernel on CUDA when flash-attn is installed (the `flash` extra):
-  tokens are flattened and cu_seqlens mark the documents, so no mask is materialised.
+- "flash": flash-attn's varlen kernel on CUDA when flash-attn is installed (the `flash` extra)
+  and compute is 16-bit (it rejects fp32): tokens are flattened and cu_seqlens mark the
+  documents, so no mask is materialised; cu_seqlens come from the host batch (engine/batching.py).
 - "flex":  FlexAttention with a document block mask on CUDA without flash-attn: blocks that
-  cross documents are skipped, so cost follows the real document lengths.
+  cross documents are skipped, so cost follows the real document lengths. The BlockMask is
+  built by a compiled create_block_mask.
 - "sdpa":  scaled_dot_product_attention with a dense (B, 1, T, T) boolean mask: the CPU path
   (FlexAttention has no backward on CPU), and the fallback anywhere.
+Whatever the backend, the mask is built once per forward (build_doc_mask) and handed to every
+layer, so neither layers nor activation-checkpoint recomputes rebuild it.
 """
 from __future__ import annotations
 
@@ -138,6 +142,8 @@ def _flex(q, k, v, mask: DocMask):
 
 def _flash(q, k, v, mask: DocMask):
     B, T, Hq, D = q.shape
+    # deterministic=True: flash-attn's backward then avoids atomics (parallel.deterministic).
     out = flash_attn_varlen_func(q.reshape(B * T, Hq, D), k.reshape(B * T, -1, D), v.reshape(B * T, -1, D),
-                                 mask.cu_seqlens, mask.cu_seqlens, mask.max_seqlen, mask.max_seqlen, causal=True)
+                                 mask.cu_seqlens, mask.cu_seqlens, mask.max_seqlen, mask.max_seqlen, causal=True,
+                                 deterministic=torch.are_deterministic_algorithms_enabled())
     return out.view(B, T, Hq, D)
