@@ -11,9 +11,10 @@ call bit for bit (tests/data/test_feedback.py checks it against NLTK):
   NLTK's Fraction gives), bp = 1 if len(pred) > len(gold) else exp(1 - len(gold) / len(pred)).
 
 `char_bleu` is the readable pure-Python version, one pair at a time (Counters of substrings).
-`char_bleu_many` counts the n-grams of many pairs at once with NumPy sorts (bench/bench_char_bleu.py:
-on 5,000 pairs of ~200 characters, ~10x NLTK's speed, ~4x char_bleu's). Both end in the same
-final formula, `_bleu_from_counts`, so they can only differ in counting, which the tests compare.
+`char_bleu_many` counts the n-grams of many pairs at once with NumPy sorts (on 5,000 pairs
+of ~200 characters ~10x NLTK's speed and ~4x char_bleu's: bench/bench_char_bleu.py). Both end
+in the same final formula, `_bleu_from_counts`, so they can only differ in counting, which the
+tests compare.
 `score_sample` / `score_samples` apply ADELIE's rule on whole texts: BLEU of the answer texts
 (`answer_text`), -1.0 for a sample without the marker.
 """
