@@ -38,7 +38,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.char_bleu import score_samples
+from data.char_bleu import ANSWER_MARK, score_samples
 
 MODEL_SKIPS = ("no_samples", "all_invalid", "delta_small", "identical", "over_limit")
 GOLD_SKIPS = ("delta_small", "identical")
@@ -98,9 +98,11 @@ def _lowest(scores: Sequence[float]) -> int:
     return min(range(len(scores)), key=scores.__getitem__)
 
 
-def _pair(record: dict, chosen: dict, rejected: dict) -> dict:
+def _pair(index: int, record: dict, chosen: dict, rejected: dict) -> dict:
+    """One output record; a record without an id gets its prompt position (as read_sft does)."""
     prompt = record["messages"][:-1]
-    return {"dataset": record.get("dataset", record.get("datasets")), "id": record.get("id"),
+    return {"dataset": record.get("dataset", record.get("datasets")),
+            "id": record.get("id", index),
             "messages": record["messages"], "chosen": [*prompt, chosen],
             "rejected": [*prompt, rejected]}
 
@@ -114,9 +116,9 @@ def build_pairs(items: Sequence[dict], *, limit: int = 10000, gold_rate: float =
                          f"{limit}, gold_rate={gold_rate}")
     checked = [_check_item(i, item) for i, item in enumerate(items)]
     for i, (record, _, scores) in enumerate(checked):  # ADELIE's scorer stops on such a gold
-        if scores is None and "[Answer]: " not in record["messages"][-1]["content"]:
+        if scores is None and ANSWER_MARK not in record["messages"][-1]["content"]:
             raise ValueError(f"{_where(i, record)}: record.messages[-1].content: gold answer "
-                             "has no '[Answer]: ' to score samples against")
+                             f"has no {ANSWER_MARK!r} to score samples against")
     all_scores = _score_missing(checked)
     gold_target = int(limit * gold_rate)  # ADELIE: int(Limit_DPO_data * gold_rate)
     model_limit = limit - gold_target
@@ -140,7 +142,8 @@ def build_pairs(items: Sequence[dict], *, limit: int = 10000, gold_rate: float =
             elif len(model_pairs) >= model_limit:
                 reason = "over_limit"
             else:
-                model_pairs.append(_pair(record, {"role": "assistant", "content": samples[best]},
+                model_pairs.append(_pair(i, record,
+                                         {"role": "assistant", "content": samples[best]},
                                          {"role": "assistant", "content": samples[worst]}))
                 deltas.append(delta)
                 continue
@@ -158,7 +161,8 @@ def build_pairs(items: Sequence[dict], *, limit: int = 10000, gold_rate: float =
         elif not keep_identical and gold["content"] == samples[worst]:
             gold_skipped["identical"] += 1
         else:
-            gold_pairs.append(_pair(record, {"role": "assistant", "content": gold["content"]},
+            gold_pairs.append(_pair(i, record,
+                                    {"role": "assistant", "content": gold["content"]},
                                     {"role": "assistant", "content": samples[worst]}))
             deltas.append(1.0 - scores[worst])
 

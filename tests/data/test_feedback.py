@@ -1,4 +1,4 @@
-"""data/char_bleu.py against NLTK, and data/feedback.py's IEFeedback pairs against ADELIE's rules."""
+"""data/char_bleu.py against NLTK; data/feedback.py's IEFeedback pairs against ADELIE's rules."""
 import json
 import math
 import random
@@ -26,7 +26,8 @@ def nltk_char_bleu(gold, pred):
 
 WORDS = ["Ada Lovelace", "Paris", "founded by", "located in", "person", "NA", "Whole", "1998",
          "北京", "Zürich", "émigré", "🙂", "a\tb", "x\ny"]
-ALPHABETS = ["ab", "ab ;()", "abcdefghijklmnopqrstuvwxyz ", "NA ", "中文字符测试 ", "éèêë\u0301 🙂\n"]
+ALPHABETS = ["ab", "ab ;()", "abcdefghijklmnopqrstuvwxyz ", "NA ", "中文字符测试 ",
+             "éèêë\u0301 🙂\n"]
 
 
 def ie_text(rng, n_items):
@@ -70,7 +71,8 @@ def bleu_cases(n=1500, seed=0):
             pred = "".join(rng.choice(alpha) for _ in range(rng.randint(0, 3)))
         else:  # identical or disjoint
             gold = "".join(rng.choice("abcdef ") for _ in range(rng.randint(1, 30)))
-            pred = gold if rng.random() < 0.5 else gold.translate(str.maketrans("abcdef ", "ghijkl_"))
+            disjoint = gold.translate(str.maketrans("abcdef ", "ghijkl_"))
+            pred = gold if rng.random() < 0.5 else disjoint
         cases.append((gold, pred))
     return cases
 
