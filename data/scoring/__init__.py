@@ -13,7 +13,6 @@ gives one entry point for all of them. Every result has "task", "precision", "re
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 from pathlib import Path
 
@@ -29,6 +28,8 @@ SCORERS = {
     "ondemand": ("ondemand", "score"),
     "openie": ("openie", "score"),
 }
+# scoring option -> the task that takes it; other tasks ignore it.
+OPTIONS = {"sim_model": "ondemand", "gold": "openie"}
 # dataset name (lower-case) -> task; ADELIE's test files name their source in `datasets`.
 DATASETS = {
     "few-nerd-supervised": "ner", "fewnerd": "ner", "few-nerd": "ner",
@@ -70,16 +71,13 @@ def _task_of_records(records: list[dict]) -> str:
 def score_records(records: list[dict], task: str | None = None, **options) -> dict:
     """Score prediction records. Options go to the scorers that take them (ondemand: sim_model;
     openie: gold) and are ignored by the others; an option no scorer takes is an error."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown scoring option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
     task = task_for(task) if task else _task_of_records(records)
     module, name = SCORERS[task]
     scorer = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    known = {p for m, f in SCORERS.values()
-             for p in inspect.signature(getattr(importlib.import_module(f"{__name__}.{m}"), f)).parameters}
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"unknown scoring option(s) {sorted(unknown)}")
-    accepted = inspect.signature(scorer).parameters
-    return scorer(records, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    return scorer(records, **{k: v for k, v in options.items() if OPTIONS[k] == task and v is not None})
 
 
 def score_file(path: str | os.PathLike, task: str | None = None, **options) -> dict:

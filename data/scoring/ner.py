@@ -84,7 +84,8 @@ def score(records: list[dict]) -> dict:
         gold_n, pred_n = gold_n + len(gold), pred_n + len(pred)
         correct += sum(1 for ent, etype in gold.items() if pred.get(ent) == etype)
         gold_s, pred_s = entities_corrected(gold_text), entities_corrected(pred_text)
-        gold_c, pred_c, correct_c = gold_c + len(gold_s), pred_c + len(pred_s), correct_c + len(gold_s & pred_s)
+        gold_c, pred_c = gold_c + len(gold_s), pred_c + len(pred_s)
+        correct_c += len(gold_s & pred_s)
     p, r, f = safe_prf(correct, pred_n, gold_n)
     pc, rc, fc = safe_prf(correct_c, pred_c, gold_c)
     return {"task": "ner", "precision": p, "recall": r, "f1": f, "n": len(records),

@@ -104,7 +104,8 @@ def score(records: list[dict]) -> dict:
 
         gold_facts = {_canonical(g) for g in gold}
         pred_facts = {_canonical(t) for t in pred if t[1] in RELATIONS}
-        tp_c, n_pred_c, n_gold_c = tp_c + len(gold_facts & pred_facts), n_pred_c + len(pred_facts), n_gold_c + len(gold_facts)
+        tp_c += len(gold_facts & pred_facts)
+        n_pred_c, n_gold_c = n_pred_c + len(pred_facts), n_gold_c + len(gold_facts)
     p, r, f = eps_prf(tp, n_pred, n_gold)
     pc, rc, fc = safe_prf(tp_c, n_pred_c, n_gold_c)
     return {"task": "relation", "precision": p, "recall": r, "f1": f, "n": len(records),

@@ -1,6 +1,4 @@
 """RichERE ED / EAE scorers: ADELIE's item rules by hand (no RichERE sample file is public: LDC)."""
-import pytest
-
 from data.scoring import event, score_records
 
 

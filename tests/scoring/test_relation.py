@@ -47,7 +47,8 @@ def test_gold_count_rule(record, output, exact, corrected):
 
 @pytest.mark.parametrize("gold", ["", "[Answer]: NA", "  \n"])
 def test_without_gold_every_valid_label_counts(record, gold):
-    m = relation.score([record(gold, "(x; effect and cause; y)\n(x; other; y)\n(u; member and collection; v)")])
+    out = "(x; effect and cause; y)\n(x; other; y)\n(u; member and collection; v)"
+    m = relation.score([record(gold, out)])
     assert counts(m) == (0, 2, 0) and counts_c(m) == (0, 2, 0)
 
 
@@ -74,7 +75,8 @@ def _gold(r):
     return r["messages"][-1]["content"]
 
 
-@pytest.mark.parametrize("name, same_entity", [("zeroshot/semeval.jsonl", 1), ("fewshot_test_history/semeval.jsonl", 0)])
+@pytest.mark.parametrize("name, same_entity", [("zeroshot/semeval.jsonl", 1),
+                                               ("fewshot_test_history/semeval.jsonl", 0)])
 def test_sample_gold_as_prediction(name, same_entity, sample, outputs):
     records = sample(name)
     golds = [relation.gold_triples(_gold(r), i) for i, r in enumerate(records)]
