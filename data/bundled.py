@@ -3,6 +3,11 @@
 `ensure_default_assets(cache_dir)` writes, once, into cache_dir:
   sft.jsonl        IEInstruct-style records {"dataset", "id", "messages"} (data/formats.read_sft)
   dpo.json         IEFeedback-style JSON array {"dataset", "id", "messages", "chosen", "rejected"}
+  heldout.jsonl    IE test records (NER, relation, event; zero- and few-shot) from another seed,
+                   none of whose prompts occurs in sft.jsonl: the default's held-out test set
+  heldout_dpo.json held-out preference pairs built the same way as dpo.json from those records
+  prompts.jsonl    a prompt pool (with gold answers) for IEFeedback sampling, from a third seed,
+                   apart from both the SFT data and the held-out set
   tokenizer.model  a BPE sentencepiece model trained on that text (data/tokenizer.train_tokenizer)
   manifest.json    settings + sha256 of the three files, written last: its presence with matching
                    hashes is what "complete" means, so an interrupted run is simply redone.
@@ -238,6 +243,46 @@ def generate(seed: int = 0, n_sft: int = 3000, n_dpo: int = 1000) -> tuple[list[
     return sft, dpo
 
 
+def prompt_key(record: dict) -> str:
+    """What makes two records the same question: every message but a final assistant answer."""
+    msgs = record["messages"]
+    if msgs and msgs[-1]["role"] == "assistant":
+        msgs = msgs[:-1]
+    return json.dumps(msgs, sort_keys=True)
+
+
+def generate_apart(seed: int, n: int, exclude: set[str], prefix: str) -> list[tuple[dict, tuple]]:
+    """n IE records (ner/re/ed, 0-3 demonstrations) from `seed` whose prompts are not in
+    `exclude` (prompt_key; their keys are added to it), each with (task, text, gold, options)
+    of its last turn."""
+    rng = random.Random(seed)
+    out: list[tuple[dict, tuple]] = []
+    while len(out) < n:
+        task = rng.choice(["ner", "re", "ed"])
+        messages, text, gold, options = _ie_conversation(rng, task, rng.choice([0, 0, 1, 3]))
+        record = {"dataset": f"bundled-{task}", "id": f"{prefix}-{task}-{len(out):05d}",
+                  "messages": messages + [{"role": "assistant", "content": _answer(task, gold)}]}
+        key = prompt_key(record)
+        if key not in exclude:
+            exclude.add(key)
+            out.append((record, (task, text, gold, options)))
+    return out
+
+
+def heldout_pairs(seed: int, made: list[tuple[dict, tuple]]) -> list[dict]:
+    """Preference pairs on held-out records: chosen = gold, rejected = a corrupted gold (as dpo.json)."""
+    rng = random.Random(seed)
+    pairs = []
+    for record, (task, text, gold, options) in made:
+        prompt = record["messages"][:-1]
+        kind, bad = _corrupt(rng, task, text, gold, options)
+        chosen, rejected = _answer(task, gold), _answer(task, bad)
+        pairs.append({"dataset": record["dataset"], "id": f"dpo-{record['id']}", "corruption": kind,
+                      "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": chosen}],
+                      "rejected": prompt + [{"role": "assistant", "content": rejected}]})
+    return pairs
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_bytes(data)
@@ -249,14 +294,17 @@ def _sha256(path: Path) -> str:
 
 
 def ensure_default_assets(cache_dir: str | os.PathLike, seed: int = 0, n_sft: int = 3000,
-                          n_dpo: int = 1000, vocab_size: int = 2000) -> dict[str, str]:
-    """Generate (once) and return {"sft", "dpo", "tokenizer"} paths inside cache_dir."""
+                          n_dpo: int = 1000, vocab_size: int = 2000, n_heldout: int = 150,
+                          n_prompts: int = 400) -> dict[str, str]:
+    """Generate (once) and return {"sft", "dpo", "heldout", "heldout_dpo", "prompts", "tokenizer"}
+    paths inside cache_dir."""
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    paths = {"sft": cache / "sft.jsonl", "dpo": cache / "dpo.json",
+    paths = {"sft": cache / "sft.jsonl", "dpo": cache / "dpo.json", "heldout": cache / "heldout.jsonl",
+             "heldout_dpo": cache / "heldout_dpo.json", "prompts": cache / "prompts.jsonl",
              "tokenizer": cache / "tokenizer.model"}
-    settings = {"version": 1, "seed": seed, "n_sft": n_sft, "n_dpo": n_dpo,
-                "vocab_size": vocab_size}
+    settings = {"version": 2, "seed": seed, "n_sft": n_sft, "n_dpo": n_dpo, "n_heldout": n_heldout,
+                "n_prompts": n_prompts, "vocab_size": vocab_size}
     manifest = cache / "manifest.json"
     try:
         saved = json.loads(manifest.read_text())
@@ -268,6 +316,12 @@ def ensure_default_assets(cache_dir: str | os.PathLike, seed: int = 0, n_sft: in
     sft, dpo = generate(seed, n_sft, n_dpo)
     _write_atomic(paths["sft"], "".join(json.dumps(r) + "\n" for r in sft).encode())
     _write_atomic(paths["dpo"], (json.dumps(dpo, indent=1) + "\n").encode())
+    seen = {prompt_key(r) for r in sft} | {prompt_key(r) for r in dpo}
+    heldout = generate_apart(seed + 1_000_003, n_heldout, seen, "test")
+    prompts = generate_apart(seed + 2_000_003, n_prompts, seen, "pool")
+    _write_atomic(paths["heldout"], "".join(json.dumps(r) + "\n" for r, _ in heldout).encode())
+    _write_atomic(paths["heldout_dpo"], (json.dumps(heldout_pairs(seed + 3, heldout), indent=1) + "\n").encode())
+    _write_atomic(paths["prompts"], "".join(json.dumps(r) + "\n" for r, _ in prompts).encode())
     texts = [f"<|{m['role']}|>\n{m['content']}" for r in sft for m in r["messages"]]
     texts += [m["content"] for r in dpo for m in r["rejected"][-1:]]
     train_tokenizer(texts, vocab_size, paths["tokenizer"])

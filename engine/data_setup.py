@@ -11,19 +11,24 @@ from engine.config import ConfigError
 from engine.run_config import RunConfig
 
 
-def prepare_data(cfg: RunConfig, world: parallel.World, kind: str):
-    """-> (TokenCache, tokenizer path). kind: "sft" or "dpo"."""
+def prepare_data(cfg: RunConfig, world: parallel.World, kind: str, heldout: bool = False):
+    """-> (TokenCache, tokenizer path). kind: "sft" or "dpo". heldout: the cache of
+    data.eval_files (None when there are none) instead of data.train_files."""
     from data.cache import TokenCache
     from data.prepare import prepare
 
-    files, tokenizer = list(cfg.data.train_files), cfg.data.tokenizer
+    files, tokenizer = list(cfg.data.eval_files if heldout else cfg.data.train_files), cfg.data.tokenizer
+    if heldout and not files:
+        return None, tokenizer
     if not tokenizer and cfg.model.checkpoint:
         tokenizer = str(Path(cfg.model.checkpoint) / "tokenizer.model")
-    out = Path(cfg.data.cache_dir) / f"{kind}-seq{cfg.data.seq_len}"
+    out = Path(cfg.data.cache_dir) / f"{kind}-seq{cfg.data.seq_len}{'-heldout-' + _files_key(files) if heldout else ''}"
     if world.rank == 0:
-        if not files or not tokenizer:
+        if not files or not tokenizer or files == ["bundled"]:
             from data.bundled import ensure_default_assets
             assets = ensure_default_assets(cfg.data.cache_dir)
+            if files == ["bundled"]:  # the bundled held-out set of this kind
+                files = [assets["heldout" if kind == "sft" else "heldout_dpo"]]
             files = files or [assets[kind]]
             tokenizer = tokenizer or assets["tokenizer"]
         for f in files + [tokenizer]:
@@ -36,3 +41,9 @@ def prepare_data(cfg: RunConfig, world: parallel.World, kind: str):
     if cache.num_rows == 0:
         raise ConfigError(f"data: the token cache {out} has no rows")
     return cache, tokenizer or cache.meta.get("tokenizer", "")
+
+
+def _files_key(files: list[str]) -> str:
+    """A short name for a list of files (held-out caches of different file sets must not mix)."""
+    import hashlib
+    return hashlib.sha256("\n".join(str(Path(f).resolve()) for f in files).encode()).hexdigest()[:10]

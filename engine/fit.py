@@ -1,10 +1,11 @@
 """The training loop both recipes share, in three steps:
 
-    run = setup_training(cfg, world, model, cache, dataset kind)  # sampler, optimizer, schedule, resume
-    last = train(run, loss_fn, count_fn, prepare_batch)           # steps, metrics, NaN stop, saves
-    finish(run, tokenizer_path)                                    # final state + Hugging Face export
+    run = setup_training(cfg, world, model, cache)              # sampler, optimizer, schedule, resume
+    last = train(run, loss_fn, count_fn, prepare_batch, evaluate) # steps, metrics, NaN stop, saves
+    finish(run, tokenizer_path)                                  # final state + Hugging Face export
 
-The loop logs whatever the loss returns under the names the loss chose.
+The loop logs whatever the loss returns under the names the loss chose; `evaluate(run, cache, ...)`
+scores a held-out cache with the same loss (no grad) and returns those names prefixed "eval_".
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine import log, parallel, train_checkpoint
@@ -75,9 +77,10 @@ def setup_training(cfg: RunConfig, world: parallel.World, model, cache) -> Train
     return run
 
 
-def train(run: TrainingRun, loss_fn, count_fn, prepare_batch=None) -> dict:
+def train(run: TrainingRun, loss_fn, count_fn, prepare_batch=None, eval_fn=None) -> dict:
     """Steps start+1..total. loss_fn/count_fn as in engine.train_step.train_step; prepare_batch(batch)
-    adds what a recipe needs (DPO: reference log-probs). Returns the last step's metrics."""
+    adds what a recipe needs (DPO: reference log-probs); eval_fn() -> held-out metrics, run every
+    cfg.eval_every steps and after the last. Returns the last step's metrics."""
     cfg, world, model = run.cfg, run.world, run.model
     matmul_params = log.matmul_params(model)
     peak = log.device_peak_flops(world.device) * world.world_size
@@ -108,11 +111,46 @@ def train(run: TrainingRun, loss_fn, count_fn, prepare_batch=None) -> dict:
                   "peak_mem_gb": log.peak_memory_gb(world.device)}
         out.pop("count")
         record.update(out)  # the loss's own statistics, under its names
+        if eval_fn is not None and (step == run.total or (cfg.eval_every and step % cfg.eval_every == 0)):
+            record.update(eval_fn())
         logger.log(record)
         if cfg.save_every and step % cfg.save_every == 0 and step < run.total:
             run.save(step)
     logger.close()
     return record
+
+
+def evaluate(run: TrainingRun, cache, loss_fn, count_fn, prepare_batch=None) -> dict:
+    """The loss and its statistics over every row of a held-out cache, without gradients: rows
+    split across ranks (each rank runs the same number of forwards, for FSDP's collectives), the
+    loss normalised by the whole set's count (tokens or pairs), statistics divided by it."""
+    world, model, cfg = run.world, run.model, run.cfg
+    rows = np.arange(cache.num_rows)
+    mine = rows[world.rank::world.world_size]
+    per_rank, step = -(-cache.num_rows // world.world_size), cfg.data.rows_per_micro_batch
+    flash = getattr(model, "attn_backend", None) == "flash"
+    host = [(cache.batch(mine[i:i + step] if i < len(mine) else rows[:1]), i < len(mine))
+            for i in range(0, per_rank, step)]
+    count = parallel.all_reduce_sum(torch.tensor(float(sum(count_fn(b) for b, real in host if real)),
+                                                 device=world.device)).clamp(min=1.0)
+    sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=world.device)}
+    model.eval()
+    with torch.no_grad():
+        for b, real in host:
+            batch = to_device(b, world.device, with_cu_seqlens=flash)
+            if prepare_batch is not None:
+                batch = prepare_batch(batch)
+            loss, stats = loss_fn(model, batch, count)
+            if real:
+                sums["loss"] += loss.float()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, torch.zeros((), device=world.device)) + v.float()
+    parallel.reshard(model)
+    model.train()
+    names = list(sums)
+    totals = parallel.all_reduce_sum(torch.stack([sums[k] for k in names]))
+    return {f"eval_{k}": (v if k == "loss" else v / count.item())
+            for k, v in zip(names, totals.tolist())}
 
 
 def finish(run: TrainingRun, tokenizer_path: str | None = None) -> Path:

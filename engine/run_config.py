@@ -47,6 +47,8 @@ class ModelSection:
 class DataSection:
     train_files: list[str] = field(default_factory=list)
     """Training files (JSONL / JSON); empty = the bundled sample IE data."""
+    eval_files: list[str] = field(default_factory=list)
+    """Held-out files in the training format, scored every `eval_every` steps and at the end (SFT: loss per token; DPO: reward accuracy and margin); [bundled] = the bundled held-out set; empty = none."""
     tokenizer: str = ""
     """sentencepiece tokenizer.model; empty = the checkpoint's, else the bundled one."""
     seq_len: int = 512
@@ -150,6 +152,8 @@ class RunConfig:
     """How many resumable checkpoints to keep."""
     resume: str = "auto"
     """auto = continue from the newest complete checkpoint in output_dir; never; or a path."""
+    eval_every: int = 0
+    """Score data.eval_files every this many steps (0 = only at the end of the run)."""
     model: ModelSection = field(default_factory=ModelSection)
     """Model to train."""
     data: DataSection = field(default_factory=DataSection)
@@ -164,6 +168,8 @@ class RunConfig:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 (or null), got {self.max_steps}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.save_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError(f"save_every must be >= 0 and keep_checkpoints >= 1, got "
                               f"{self.save_every} and {self.keep_checkpoints}")

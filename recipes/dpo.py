@@ -97,13 +97,19 @@ def main(argv=None):
     world = launch.start(cfg)                                                      # 2. distributed
     try:
         cache, tokenizer = prepare_data(cfg, world, "dpo")                        # 3. tokenizer + data
+        heldout, _ = prepare_data(cfg, world, "dpo", heldout=True)
         model = build_and_load(cfg, world, cache.vocab_size)                      # 4. model
         if cfg.dpo.reference == "cached":                                         # 5. reference log-probs
-            ref = torch.from_numpy(reference_logps(cfg, world, model, cache)).float()
 
-            def add_reference(batch):
-                batch["ref_logps"] = ref[batch["pair_index"].cpu()].flatten()
-                return batch
+            def cached_reference(c):
+                ref = torch.from_numpy(reference_logps(cfg, world, model, c)).float()
+
+                def add(batch):
+                    batch["ref_logps"] = ref[batch["pair_index"].cpu()].flatten()
+                    return batch
+                return add
+            add_reference = cached_reference(cache)
+            add_heldout_reference = cached_reference(heldout) if heldout else None
         else:
             ref_model = build_and_load(cfg, world, cache.vocab_size, trainable=False)
 
@@ -112,12 +118,14 @@ def main(argv=None):
                     batch["ref_logps"] = score_documents(ref_model, batch)
                 parallel.reshard(ref_model)
                 return batch
+            add_heldout_reference = add_reference
 
         def loss_fn(model, batch, num_pairs):
             return preference_loss(model, batch, num_pairs, cfg.dpo)
 
         run = fit.setup_training(cfg, world, model, cache)                        # 6. optimizer, resume
-        fit.train(run, loss_fn, count_pairs, add_reference)                       # 7. the loop
+        evaluate = (lambda: fit.evaluate(run, heldout, loss_fn, count_pairs, add_heldout_reference)) if heldout else None
+        fit.train(run, loss_fn, count_pairs, add_reference, evaluate)             # 7. the loop (+ held-out)
         fit.finish(run, tokenizer)                                                # 8. final state + export
     finally:
         parallel.destroy_distributed()

@@ -35,9 +35,11 @@ def main(argv=None):
     world = launch.start(cfg)                                    # 2. distributed
     try:
         cache, tokenizer = prepare_data(cfg, world, "sft")       # 3. tokenizer + data (before the model)
+        heldout, _ = prepare_data(cfg, world, "sft", heldout=True)
         model = build_and_load(cfg, world, cache.vocab_size)     # 4. model: meta -> FSDP -> init/load
         run = fit.setup_training(cfg, world, model, cache)       # 5. optimizer, schedule, resume
-        fit.train(run, sft_loss, count_tokens)                   # 6. the loop
+        evaluate = (lambda: fit.evaluate(run, heldout, sft_loss, count_tokens)) if heldout else None
+        fit.train(run, sft_loss, count_tokens, eval_fn=evaluate)  # 6. the loop (+ held-out loss)
         fit.finish(run, tokenizer)                               # 7. final state + HF export
     finally:
         parallel.destroy_distributed()
