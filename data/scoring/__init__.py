@@ -27,6 +27,7 @@ SCORERS = {
     "eae": ("event", "score_eae"),
     "ondemand": ("ondemand", "score"),
     "openie": ("openie", "score"),
+    "generic": ("generic", "score"),
 }
 # scoring option -> the task that takes it; other tasks ignore it.
 OPTIONS = {"sim_model": "ondemand", "gold": "openie"}
@@ -39,6 +40,7 @@ DATASETS = {
     "richere-eae": "eae",
     "ondemand": "ondemand",
     "robust": "openie",
+    "bundled-ner": "generic", "bundled-re": "generic", "bundled-ed": "generic",
 }
 
 
