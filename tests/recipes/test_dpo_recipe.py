@@ -41,3 +41,24 @@ def test_bad_config_fails_before_any_model_is_built(tmp_path, cache_dir):
     proc = subprocess.run(torchrun_cmd("dpo.py", 1, [f"output_dir={tmp_path}", "dpo.beta=strong"]),
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "dpo.beta" in proc.stderr
+
+
+def test_reference_cache_key_covers_precision_backend_and_weights(tmp_path):
+    """An fp32-scored cache must not be reused for a bf16 run, nor an sdpa one for flex."""
+    from types import SimpleNamespace
+
+    import torch
+    from engine.config import parse_config
+    from engine.parallel import World
+    from recipes import dpo
+
+    world = World(0, 1, 0, torch.device("cpu"), "gloo")
+    keys = {}
+    for precision in ("fp32", "bf16"):
+        for backend in ("sdpa", "flex"):
+            cfg = parse_config(dpo.CONFIG, [f"parallel.mixed_precision={precision}", "model.preset=debug"])
+            model = SimpleNamespace(cfg=SimpleNamespace(attn_backend=backend))
+            keys[precision, backend] = dpo.reference_cache_key(cfg, world, model)
+    assert len(set(keys.values())) == 4
+    cfg = parse_config(dpo.CONFIG, ["seed=1"])
+    assert dpo.reference_cache_key(cfg, world, model) != keys["fp32", "flex"]
