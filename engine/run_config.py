@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.config import ConfigError
-from kernels.dpo_loss import LOSS_TYPES
 
 
 def launch_world_size() -> int:
@@ -184,16 +183,25 @@ class RunConfig:
         return self.global_batch_rows // (world_size * self.data.rows_per_micro_batch)
 
 
+def _preference_losses() -> tuple[str, ...]:
+    from engine.losses import PREFERENCE_LOSSES
+    return tuple(PREFERENCE_LOSSES)
+
+
 @dataclass
 class DPOSection:
     beta: float = 0.1
-    """Strength of the KL anchor to the reference model."""
-    loss_type: Literal[LOSS_TYPES] = "sigmoid"
-    """sigmoid (DPO; with label_smoothing: conservative DPO), ipo, hinge or robust."""
+    """Strength of the KL anchor to the reference model (SimPO: the reward scale)."""
+    loss_type: Literal[_preference_losses()] = "sigmoid"
+    """sigmoid (DPO), robust, hinge, ipo (per-token averages), dpo_norm (length-normalised DPO) or simpo (reference-free); engine/losses.py."""
     label_smoothing: float = 0.0
     """Assumed label-flip rate for sigmoid (cDPO, in [0, 1]) / robust (in [0, 0.5))."""
+    simpo_gamma: float = 0.5
+    """SimPO's target reward margin gamma (loss_type=simpo only)."""
+    rpo_alpha: float = 0.0
+    """Weight of RPO's NLL term on the chosen answers (per-token NLL, averaged over pairs); 0 = off."""
     reference: Literal["cached", "frozen"] = "cached"
-    """cached: score pairs once before training and cache them; frozen: keep a frozen model."""
+    """cached: score pairs once before training and cache them; frozen: keep a frozen model (simpo needs neither)."""
 
     def validate(self) -> None:
         if not (self.beta > 0 and self.beta != float("inf")):
@@ -203,7 +211,9 @@ class DPOSection:
             raise ConfigError(f"dpo.label_smoothing for loss_type=sigmoid (cDPO) is a flip probability in [0, 1], got {ls}")
         if self.loss_type == "robust" and not 0.0 <= ls < 0.5:
             raise ConfigError(f"dpo.label_smoothing for loss_type=robust must lie in [0, 0.5), got {ls}")
-        if self.loss_type in ("ipo", "hinge") and ls != 0.0:
+        if self.rpo_alpha < 0:
+            raise ConfigError(f"dpo.rpo_alpha must be >= 0, got {self.rpo_alpha}")
+        if self.loss_type not in ("sigmoid", "robust") and ls != 0.0:
             raise ConfigError(f"dpo.label_smoothing has no meaning for loss_type={self.loss_type}; leave it 0, got {ls}")
 
 

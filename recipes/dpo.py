@@ -27,7 +27,7 @@ from engine import fit, launch, parallel  # noqa: E402
 from engine.batching import to_device  # noqa: E402
 from engine.config import ConfigError, parse_config  # noqa: E402
 from engine.data_setup import prepare_data  # noqa: E402
-from engine.losses import preference_loss, score_documents  # noqa: E402
+from engine.losses import PREFERENCE_LOSSES, preference_loss, score_documents  # noqa: E402
 from engine.model_setup import build_and_load  # noqa: E402
 from engine.run_config import DPOConfig  # noqa: E402
 
@@ -99,7 +99,9 @@ def main(argv=None):
         cache, tokenizer = prepare_data(cfg, world, "dpo")                        # 3. tokenizer + data
         heldout, _ = prepare_data(cfg, world, "dpo", heldout=True)
         model = build_and_load(cfg, world, cache.vocab_size)                      # 4. model
-        if cfg.dpo.reference == "cached":                                         # 5. reference log-probs
+        if PREFERENCE_LOSSES[cfg.dpo.loss_type][2]:                                # 5. reference log-probs
+            add_reference = add_heldout_reference = None  # reference-free (simpo)
+        elif cfg.dpo.reference == "cached":
 
             def cached_reference(c):
                 ref = torch.from_numpy(reference_logps(cfg, world, model, c)).float()
