@@ -95,7 +95,7 @@ def _logprob_chunk_torch(z, labels, grad):
     if grad is not None:
         g = grad[:, None]
         z.scatter_(1, arg, 1.0).mul_(-g * torch.exp(-log_sum))  # -g * p
-        z.scatter_(1, labels[:, None], -g * torch.expm1(logp))  # g * (1 - p_label)
+        z.scatter_(1, labels[:, None], (-g * torch.expm1(logp)).to(z.dtype))  # g * (1 - p_label)
     return logp[:, 0], (m + log_sum)[:, 0]
 
 
@@ -104,7 +104,7 @@ def _grad_chunk_torch(z, labels, logp, lse, grad):
     The label's term uses the saved log p: z_label - lse in fp32 would lose it when p ~ 1."""
     g = grad[:, None]
     z.sub_(lse[:, None]).exp_().mul_(-g)  # -g * p
-    z.scatter_(1, labels[:, None], -g * torch.expm1(logp[:, None]))
+    z.scatter_(1, labels[:, None], (-g * torch.expm1(logp[:, None])).to(z.dtype))
 
 
 # ----------------------------------------------------------------------------- Triton
