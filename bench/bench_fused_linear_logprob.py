@@ -62,7 +62,8 @@ def cases(hidden, weight, labels, grad, compiled=None, chunk=None, bf16_logits=F
     if bf16_logits:
         opts = flp._Options(-100, kernels_dispatch.use_triton(hidden), chunk, logits_dtype=torch.bfloat16)
         num_valid = ce._num_valid(labels, -100, None)
-        out["fused_logprob_bf16logits"] = ("logprob", lambda: flp._FusedLinearLogprob.apply(hidden, weight, labels, opts))
+        out["fused_logprob_bf16logits"] = ("logprob", lambda: flp._FusedLinearLogprob.apply(
+            hidden, weight, labels, opts))
         out["fused_ce_bf16logits"] = ("ce", lambda: ce._FusedLinearCrossEntropy.apply(
             hidden, weight, labels, num_valid, True, True, opts))
     return out
