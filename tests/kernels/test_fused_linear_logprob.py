@@ -61,7 +61,8 @@ def rounded(hidden, weight, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_logprob_and_grads_match_float64(path_or_torch, dtype, chunk):
     path = path_or_torch
-    hidden, weight, labels, grad = rounded(*make_inputs(seed=chunk or 1)[:2], dtype) + make_inputs(seed=chunk or 1)[2:]
+    hidden, weight, labels, grad = make_inputs(seed=chunk or 1)
+    hidden, weight = rounded(hidden, weight, dtype)
     out, dh, dw = run_fused(hidden, weight, labels, grad, path.device, dtype, chunk_tokens=chunk)
     path.assert_ran(*KERNELS)
     ref, ref_dh, ref_dw = ref_with_grads(hidden, weight, labels, grad)
@@ -194,8 +195,8 @@ def test_no_weight_sized_temporary_per_chunk(path_or_torch, fp32_out, monkeypatc
     if not fp32_out or path.device == "cpu":
         monkeypatch.setattr(flp, "_has_fp32_out_mm", lambda device_type, dtype: fp32_out)
     n, h, v, chunk = 37, 64, 300, 5  # chunk logits (5 x 300) are smaller than the weight (300 x 64)
-    hidden, weight, labels, grad = rounded(*make_inputs(n=n, h=h, v=v, seed=11)[:2], torch.bfloat16) + \
-        make_inputs(n=n, h=h, v=v, seed=11)[2:]
+    hidden, weight, labels, grad = make_inputs(n=n, h=h, v=v, seed=11)
+    hidden, weight = rounded(hidden, weight, torch.bfloat16)
     x = hidden.to(path.device, torch.bfloat16).requires_grad_()
     w = weight.to(path.device, torch.bfloat16).requires_grad_()
     lab, g = labels.to(path.device), grad.to(path.device, torch.float32)
