@@ -54,6 +54,13 @@ def build_cases(s: dict, dtype: torch.dtype, device: str, with_triton: bool) -> 
     def leaf(*shape, scale=1.0):
         return (scale * torch.randn(*shape, device=device, dtype=dtype)).requires_grad_()
 
+    # The "bwd" mode re-runs one backward (retain_graph=True), which a compiled backward with
+    # donated buffers refuses (torch >= 2.6; decided when the backward compiles, so it cannot be
+    # scoped to a call): off for the benchmark's process.
+    import torch._functorch.config as functorch_config
+    if hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
+
     def impls(public, ref):
         out = {"ref": ref, "compiled": torch.compile(ref)}
         if with_triton:

@@ -25,14 +25,15 @@ Numerical contract (identical for the reference and the Triton kernels):
   d/d pi_r = d/d ref_c = -g); ref inputs normally do not require grad and then get none.
 - hinge at exactly beta*logits == 1 has gradient 0 (as torch.relu's). Nothing is written in place.
 """
+from __future__ import annotations
+
 import math
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from kernels._dispatch import use_triton
+from kernels import _dispatch
+from kernels._dispatch import tl, triton
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
@@ -250,30 +251,7 @@ def dpo_loss(
     """
     args = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     _check_args(args, beta, loss_type, label_smoothing)
-    if not use_triton(policy_chosen_logps):
+    if not _dispatch.use_triton(policy_chosen_logps):
         return dpo_loss_ref(*args, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
     return _DPOLossFunction.apply(*args, beta, loss_type, label_smoothing)
 
-
-def dpo_loss_from_pairs(
-    seq_logps: torch.Tensor,
-    ref_seq_logps: torch.Tensor,
-    beta: float = 0.1,
-    loss_type: str = "sigmoid",
-    label_smoothing: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO recipe convenience: sequences interleaved as (chosen_0, rejected_0, chosen_1, ...), (2P,).
-
-    Returns (mean loss as a 0-d fp32 tensor, chosen_rewards (P,), rejected_rewards (P,)). The
-    strided views go to the kernel as they are (no copies).
-    """
-    if seq_logps.dim() != 1 or seq_logps.shape[0] % 2 or seq_logps.shape != ref_seq_logps.shape:
-        raise ValueError(f"dpo_loss_from_pairs: seq_logps and ref_seq_logps must both be (2P,) with sequence 2p "
-                         f"pair p's chosen and 2p+1 its rejected; got {tuple(seq_logps.shape)} and "
-                         f"{tuple(ref_seq_logps.shape)}")
-    losses, chosen_rewards, rejected_rewards = dpo_loss(
-        seq_logps[0::2], seq_logps[1::2], ref_seq_logps[0::2], ref_seq_logps[1::2],
-        beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
-    # An empty batch gives 0, not the NaN of an empty mean (sum keeps the graph for backward).
-    loss = losses.mean() if losses.numel() else losses.sum()
-    return loss, chosen_rewards, rejected_rewards

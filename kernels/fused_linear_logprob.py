@@ -5,49 +5,77 @@
 The op chunks over tokens: each chunk of C rows gets its logits (C, V) from one matmul into a
 reused buffer, a row kernel reduces them (online logsumexp over vocab blocks), and the buffer is
 reused for the next chunk, so at most C * V logits are alive. C comes from a memory budget
-(`_chunk_size`; at least 2048 tokens on GPU so the matmuls stay large). Backward recomputes each
-chunk's logits, turns them in place into dz = g * (onehot(label) - softmax(z)) for any per-token
-upstream gradient g, and does dH = dz @ W and dW += dz.T @ h_c. One op therefore serves SFT
-cross-entropy (kernels/cross_entropy.py folds its known gradient into the forward instead) and
-DPO's per-sequence sums (`sequence_logps`).
+(`_chunk_size`; at least 2048 tokens on GPU so the matmuls stay large) unless the caller passes
+chunk_tokens. Backward recomputes each chunk's logits, turns them into dz = g * (onehot(label) -
+softmax(z)) for any per-token upstream gradient g, and does dH = dz @ W and dW += dz.T @ h_c. One
+op therefore serves SFT cross-entropy (kernels/cross_entropy.py folds its known gradient into the
+forward instead) and DPO's per-sequence sums (`sequence_logps`).
 
 Numerical contract
-- Matmuls accumulate in fp32. On CUDA the logits buffer is in the input dtype (cuBLAS rounds
-  the fp32 sums to bf16/fp16, like eager); on CPU, inputs are upcast to fp32 before the matmul.
+- Logits are fp32 for every input dtype (fp64 if an input is fp64): they are never rounded to
+  bf16/fp16, which would cost up to ~0.06 nats per token at |z| ~ 20, summed over a DPO response.
+  Half inputs (bf16/fp16) of one dtype go through the matmul as they are, with fp32 accumulation
+  and fp32 output (torch.mm(out_dtype=torch.float32), probed once per device type and dtype: CUDA
+  on recent torch). Where that is missing (CPU, older torch, mixed input dtypes) the hidden chunk
+  and one block of at most C * V / (4 H) weight rows at a time are upcast before the matmul: no
+  temporary ever holds a full (V, H) copy of the weight, in any dtype.
 - The softmax statistics are fp32: running max m and s' = sum_j exp(z_j - m) with ONE arg-max
   term left out, so logsumexp = m + log1p(s') and log p = (z_label - m) - log1p(s'). Leaving the
   1 out keeps full relative precision when p(label) ~ 1 (log p ~ -1e-6); for the same reason the
   label's gradient term 1 - p is computed as -expm1(log p). Triton has no libdevice in the
   interpreter, so log1p/expm1 use Kahan's tricks (log(u) * x / (u - 1) with u = 1 + x).
+- dz is computed in fp32 from the fp32 logits. With fp32-output matmuls and half inputs it is
+  then written once in the input dtype into a second (C, V) buffer, and dH = dz @ W and
+  dW += dz.T @ h_c run on half operands (like eager autograd through half logits), dW with fp32
+  output; otherwise dz stays fp32 in the logits buffer and the backward matmuls upcast as above.
 - Output log-probs are fp32 (N,). Saved for backward: hidden, weight, labels and two fp32 (N,)
   vectors, the log-probs and logsumexp, never logits (the label's 1 - p comes from the saved
-  log p, since z_label - lse in fp32 would round it away when p ~ 1). dW accumulates in an fp32 (V, H) buffer and is cast to the
-  weight's dtype at the end; dH is written per chunk in the hidden's dtype.
+  log p, since z_label - lse in fp32 would round it away when p ~ 1). dW accumulates in an fp32
+  (V, H) buffer (allocated once per backward) and is cast to the weight's dtype at the end; dH is
+  written per chunk in the hidden's dtype.
+- Memory per call: the fp32 logits buffer C * V (C from CHUNK_BUDGET_BYTES, which also counts the
+  half dz buffer when there is one), plus on the upcast path one weight block of <= C * V / 4.
 - Row offsets are int64 (N * V may pass 2^31). Ignored labels give log p = 0 and zero gradient,
   also when a chunk or the whole batch is ignored (no NaN).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import torch
-import triton
-import triton.language as tl
 
-from kernels._dispatch import use_triton
+from kernels import _dispatch
+from kernels._dispatch import tl, triton
 
-CHUNK_TOKENS: int | None = None  # tokens per chunk; None = from the memory budget (tests override)
-BLOCK_V: int = 4096  # vocab block of the Triton row kernels (tests use a small one)
-CHUNK_BUDGET_BYTES = {"cuda": 128 * 2**20, "cpu": 128 * 2**20}  # logits buffer budget
-MIN_CHUNK = {"cuda": 2048, "cpu": 64}
+BLOCK_V = 4096  # vocab block of the Triton row kernels (smaller when V is)
+CHUNK_BUDGET_BYTES = {"cuda": 128 * 2**20, "cpu": 128 * 2**20}  # logits (+ dz) buffers per chunk
+MIN_CHUNK = {"cuda": 2048, "cpu": 64}  # tokens: keeps the chunk matmuls large
+HALF = (torch.bfloat16, torch.float16)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """How one call runs; chosen by the public function, passed to forward and backward alike."""
+    ignore_index: int = -100
+    triton: bool = False  # Triton row kernels (else the PyTorch chunk functions below)
+    chunk_tokens: int | None = None  # tokens per chunk; None: from the memory budget
+    logits_dtype: torch.dtype | None = None  # None: the contract (fp32); benchmarks pass bf16 to time the old one
 
 
 # ----------------------------------------------------------------------------- references
 
+def _logits_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """fp32 for half or fp32 inputs, fp64 if either is fp64: logits are never in a half type."""
+    return torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
+
+
 def fused_linear_logprob_ref(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                              ignore_index: int = -100) -> torch.Tensor:
-    """The spec, unchunked: logits -> log_softmax (fp32 or wider) -> gather. Holds (N, V)."""
-    logits = hidden @ weight.T  # (N, V), input dtype
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
+    """The spec, unchunked: fp32 (or wider) logits -> log_softmax -> gather. Holds (N, V) and,
+    for half inputs, fp32 copies of hidden and weight."""
+    dtype = _logits_dtype(hidden, weight)
+    logits = hidden.to(dtype) @ weight.to(dtype).T  # (N, V)
     ignored = labels == ignore_index
     logp = logits.log_softmax(-1).gather(1, labels.masked_fill(ignored, 0)[:, None])[:, 0]
     return logp.masked_fill(ignored, 0.0)
@@ -67,7 +95,7 @@ def _logprob_chunk_torch(z, labels, grad):
     if grad is not None:
         g = grad[:, None]
         z.scatter_(1, arg, 1.0).mul_(-g * torch.exp(-log_sum))  # -g * p
-        z.scatter_(1, labels[:, None], -g * torch.expm1(logp))  # g * (1 - p_label)
+        z.scatter_(1, labels[:, None], (-g * torch.expm1(logp)).to(z.dtype))  # g * (1 - p_label)
     return logp[:, 0], (m + log_sum)[:, 0]
 
 
@@ -76,7 +104,7 @@ def _grad_chunk_torch(z, labels, logp, lse, grad):
     The label's term uses the saved log p: z_label - lse in fp32 would lose it when p ~ 1."""
     g = grad[:, None]
     z.sub_(lse[:, None]).exp_().mul_(-g)  # -g * p
-    z.scatter_(1, labels[:, None], -g * torch.expm1(logp[:, None]))
+    z.scatter_(1, labels[:, None], (-g * torch.expm1(logp[:, None])).to(z.dtype))
 
 
 # ----------------------------------------------------------------------------- Triton
@@ -125,11 +153,13 @@ def _flp_fwd_kernel(z_ptr, stride_z, labels_ptr, logp_ptr, lse_ptr, V, ignore_in
 
 
 @triton.jit
-def _flp_bwd_kernel(z_ptr, stride_z, labels_ptr, logp_ptr, lse_ptr, grad_ptr, V, ignore_index,
-                    BLOCK_V: tl.constexpr):
-    """One program per row: logits -> dz = g * (onehot(label) - exp(z - lse)), in place."""
+def _flp_bwd_kernel(z_ptr, stride_z, dz_ptr, stride_dz, labels_ptr, logp_ptr, lse_ptr, grad_ptr, V,
+                    ignore_index, BLOCK_V: tl.constexpr):
+    """One program per row: logits -> dz = g * (onehot(label) - exp(z - lse)), written to dz_ptr
+    in its dtype (the logits buffer itself, or a half buffer for half backward matmuls)."""
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * stride_z
+    dz_row = dz_ptr + row * stride_dz
     label = tl.load(labels_ptr + row)
     ignored = label == ignore_index
     label = tl.where(ignored, 0, label)
@@ -141,111 +171,162 @@ def _flp_bwd_kernel(z_ptr, stride_z, labels_ptr, logp_ptr, lse_ptr, grad_ptr, V,
         mask = cols < V
         z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
         dz = tl.where(cols == label, d_label, -g * tl.exp(z - lse))
-        tl.store(z_row + cols, dz.to(z_ptr.dtype.element_ty), mask=mask)
+        tl.store(dz_row + cols, dz.to(dz_ptr.dtype.element_ty), mask=mask)
 
 
-def _logprob_chunk_triton(z, labels, ignore_index, grad):
-    C, V = z.shape
+def _row_launch_settings(V: int) -> tuple[int, int]:
+    """(vocab block, num_warps) of the row kernels."""
     block = min(BLOCK_V, triton.next_power_of_2(V))
-    warps = 8 if block >= 2048 else 4
+    return block, 8 if block >= 2048 else 4
+
+
+def _logprob_chunk_triton(z, dz, labels, ignore_index, grad):
+    """Triton twin of _logprob_chunk_torch; with grad, dz (z itself or a half buffer) gets dz."""
+    C, V = z.shape
+    block, warps = _row_launch_settings(V)
     logp = torch.empty(C, dtype=torch.float32, device=z.device)
     lse = torch.empty(C, dtype=torch.float32, device=z.device)
     _flp_fwd_kernel[(C,)](z, z.stride(0), labels, logp, lse, V, ignore_index, BLOCK_V=block, num_warps=warps)
     if grad is not None:
-        _grad_chunk_triton(z, labels, logp, lse, grad, ignore_index)
+        _grad_chunk_triton(z, dz, labels, logp, lse, grad, ignore_index)
     return logp, lse
 
 
-def _grad_chunk_triton(z, labels, logp, lse, grad, ignore_index):
+def _grad_chunk_triton(z, dz, labels, logp, lse, grad, ignore_index):
     C, V = z.shape
-    block = min(BLOCK_V, triton.next_power_of_2(V))
-    warps = 8 if block >= 2048 else 4
-    _flp_bwd_kernel[(C,)](z, z.stride(0), labels, logp, lse, grad, V, ignore_index, BLOCK_V=block, num_warps=warps)
+    block, warps = _row_launch_settings(V)
+    _flp_bwd_kernel[(C,)](z, z.stride(0), dz, dz.stride(0), labels, logp, lse, grad, V, ignore_index,
+                          BLOCK_V=block, num_warps=warps)
+
+
+# ----------------------------------------------------------------------------- matmuls
+
+@functools.lru_cache(maxsize=None)
+def _has_fp32_out_mm(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether torch.mm and torch.addmm take half operands and write fp32 (out_dtype=) on this
+    device type: CUDA on recent torch, not CPU. Probed once per (device type, dtype)."""
+    try:
+        a = torch.randn(8, 8, device=device_type).to(dtype)
+        out = torch.empty(8, 8, device=device_type)
+        torch.mm(a, a, out_dtype=torch.float32, out=out)
+        acc = torch.ones(8, 8, device=device_type)
+        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    want = a.float() @ a.float()
+    return bool(torch.allclose(out, want, rtol=1e-3, atol=1e-3) and torch.allclose(acc, want + 1, rtol=1e-3, atol=1e-3))
+
+
+def _fp32_out(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether a @ b (both one half dtype) can go straight into the fp32 tensor out."""
+    return (a.dtype == b.dtype and a.dtype in HALF and out.dtype == torch.float32
+            and _has_fp32_out_mm(out.device.type, a.dtype))
+
+
+def _logits_(z, h_c, weight, rows):
+    """z (c, V) <- h_c @ weight.T, rounded once, to z's dtype. rows: weight rows upcast at a time."""
+    if h_c.dtype == weight.dtype == z.dtype:
+        torch.mm(h_c, weight.T, out=z)
+    elif _fp32_out(h_c, weight, z):
+        torch.mm(h_c, weight.T, out_dtype=torch.float32, out=z)
+    else:
+        h = h_c.to(z.dtype)  # (c, H)
+        for v in range(0, weight.shape[0], rows):
+            torch.mm(h, weight[v:v + rows].to(z.dtype).T, out=z[:, v:v + rows])
+
+
+def _grad_hidden_(dh_c, dz, weight, rows):
+    """dh_c (c, H) <- dz @ weight, in dh_c's dtype."""
+    if dz.dtype == weight.dtype == dh_c.dtype:
+        torch.mm(dz, weight, out=dh_c)
+    elif dz.dtype == weight.dtype:
+        dh_c.copy_(dz @ weight)
+    else:
+        acc = torch.zeros(dh_c.shape, dtype=dz.dtype, device=dz.device)
+        for v in range(0, weight.shape[0], rows):
+            acc.addmm_(dz[:, v:v + rows], weight[v:v + rows].to(dz.dtype))
+        dh_c.copy_(acc)
+
+
+def _grad_weight_(dw, dz, h_c, rows):
+    """dw (V, H), the fp32 (or wider) accumulator, += dz.T @ h_c."""
+    if dz.dtype == h_c.dtype == dw.dtype:
+        dw.addmm_(dz.T, h_c)
+    elif _fp32_out(dz.T, h_c, dw):
+        torch.addmm(dw, dz.T, h_c, out_dtype=torch.float32, out=dw)
+    elif dz.dtype == dw.dtype:
+        dw.addmm_(dz.T, h_c.to(dw.dtype))
+    else:
+        h = h_c.to(dw.dtype)
+        for v in range(0, dw.shape[0], rows):
+            dw[v:v + rows].addmm_(dz[:, v:v + rows].T.to(dw.dtype), h)
 
 
 # ----------------------------------------------------------------------------- chunk loop
 
-def _chunk_size(n: int, v: int, elem_bytes: int, device: torch.device) -> int:
-    if CHUNK_TOKENS is not None:
-        return max(1, min(CHUNK_TOKENS, n))
+def _chunk_size(n: int, v: int, bytes_per_logit: int, device: torch.device, chunk_tokens: int | None = None) -> int:
+    """Tokens per chunk: chunk_tokens if given, else what fits the budget (in whole 64-row tiles)."""
+    if chunk_tokens is not None:
+        return max(1, min(chunk_tokens, n))
     kind = "cuda" if device.type == "cuda" else "cpu"
-    c = max(CHUNK_BUDGET_BYTES[kind] // (v * elem_bytes) // 64 * 64, MIN_CHUNK[kind])  # matmul tiles
+    c = max(CHUNK_BUDGET_BYTES[kind] // (v * bytes_per_logit) // 64 * 64, MIN_CHUNK[kind])
     return max(1, min(c, n))
 
 
-_ADDMM_OUT_DTYPE: bool | None = None  # does torch.addmm(out_dtype=float32) work here? (probed once)
-
-
-def _addmm_fp32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc (fp32) += a @ b. For half inputs on CUDA, cuBLAS writes fp32 directly when torch
-    supports addmm's out_dtype; otherwise the half product is upcast and added."""
-    global _ADDMM_OUT_DTYPE
-    if a.dtype == torch.float32:
-        acc.addmm_(a, b)
-        return
-    if _ADDMM_OUT_DTYPE is None:
-        try:
-            x = torch.randn(8, 8, device=a.device, dtype=a.dtype)
-            y = torch.ones(8, 8, device=a.device)
-            torch.addmm(y, x, x, out_dtype=torch.float32, out=y)
-            _ADDMM_OUT_DTYPE = torch.allclose(y, 1 + x.float() @ x.float(), atol=1e-2, rtol=1e-2)
-        except (TypeError, RuntimeError, NotImplementedError):
-            _ADDMM_OUT_DTYPE = False
-    if _ADDMM_OUT_DTYPE:
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-    else:
-        acc.add_(a @ b)
-
-
-def _chunk_loop(hidden, weight, labels, ignore_index, triton_path, grad=None, saved=None,
-                need_dh=True, need_dw=True):
+def _chunk_loop(hidden, weight, labels, opts: _Options, grad=None, saved=None, need_dh=True, need_dw=True):
     """Run all token chunks. Forward (saved is None): returns (logp, lse, dH, dW), with dH, dW
     only when grad is given (gradient folded into the forward). Backward (saved = the forward's
     (logp, lse)): recomputes each chunk's logits and returns (logp, lse, dH, dW) for the
     per-token upstream gradient grad."""
     N, H = hidden.shape
     V = weight.shape[0]
-    cdtype = hidden.dtype if hidden.is_cuda else torch.float32  # CPU: upcast before the matmul
-    w = weight.to(cdtype)
-    C = _chunk_size(N, V, torch.finfo(cdtype).bits // 8, hidden.device)
-    buf = torch.empty(C, V, dtype=cdtype, device=hidden.device)  # the only logits ever alive
+    device = hidden.device
+    zdtype = opts.logits_dtype or _logits_dtype(hidden, weight)
+    # half backward matmuls where the forward one writes fp32 from half operands (see docstring)
+    half_dz = (grad is not None and hidden.dtype == weight.dtype and zdtype == torch.float32
+               and weight.dtype in HALF and _has_fp32_out_mm(device.type, weight.dtype))
+    bytes_per_logit = zdtype.itemsize + (weight.dtype.itemsize if half_dz else 0)
+    C = _chunk_size(N, V, bytes_per_logit, device, opts.chunk_tokens)
+    rows = max(1, min(V, C * V // (4 * H)))  # weight rows per upcast block: <= 1/4 of the logits
+    buf = torch.empty(C, V, dtype=zdtype, device=device)  # the only logits ever alive
+    dz_buf = torch.empty(C, V, dtype=weight.dtype, device=device) if half_dz else None
     labels = labels.contiguous()  # the Triton kernels index it as a flat int64 array
-    ignored = labels == ignore_index
+    ignored = labels == opts.ignore_index
     safe_labels = labels.masked_fill(ignored, 0)  # gather/scatter index for the torch path
     if grad is not None:
         grad = grad.float().masked_fill(ignored, 0.0).contiguous()
     forward = saved is None
     if forward:
-        logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        logp = torch.empty(N, dtype=torch.float32, device=device)
+        lse = torch.empty(N, dtype=torch.float32, device=device)
     else:
         logp, lse = saved
     dh = torch.empty_like(hidden) if grad is not None and need_dh else None
-    dw = torch.zeros(V, H, dtype=torch.float32, device=hidden.device) if grad is not None and need_dw else None
+    dw_dtype = torch.promote_types(weight.dtype, torch.float32)
+    dw = torch.zeros(V, H, dtype=dw_dtype, device=device) if grad is not None and need_dw else None
     for s in range(0, N, C):
         e = min(s + C, N)
-        h_c = hidden[s:e].to(cdtype)  # (c, H)
+        h_c = hidden[s:e]  # (c, H)
         z = buf[: e - s]  # (c, V)
-        torch.mm(h_c, w.T, out=z)
+        dz = z if dz_buf is None else dz_buf[: e - s]
+        _logits_(z, h_c, weight, rows)
         g_c = grad[s:e] if grad is not None else None
-        if forward:
-            if triton_path:
-                logp[s:e], lse[s:e] = _logprob_chunk_triton(z, labels[s:e], ignore_index, g_c)
-            else:
-                logp[s:e], lse[s:e] = _logprob_chunk_torch(z, safe_labels[s:e], g_c)
-        elif triton_path:
-            _grad_chunk_triton(z, labels[s:e], logp[s:e], lse[s:e], g_c, ignore_index)
+        if forward and opts.triton:
+            logp[s:e], lse[s:e] = _logprob_chunk_triton(z, dz, labels[s:e], opts.ignore_index, g_c)
+        elif forward:
+            logp[s:e], lse[s:e] = _logprob_chunk_torch(z, safe_labels[s:e], g_c)
+        elif opts.triton:
+            _grad_chunk_triton(z, dz, labels[s:e], logp[s:e], lse[s:e], g_c, opts.ignore_index)
         else:
             _grad_chunk_torch(z, safe_labels[s:e], logp[s:e], lse[s:e], g_c)
         if grad is None:
             continue
+        if dz is not z and not opts.triton:
+            dz.copy_(z)  # the torch functions leave dz in the logits buffer
         if dh is not None:
-            if dh.dtype == cdtype:
-                torch.mm(z, w, out=dh[s:e])
-            else:
-                dh[s:e] = z @ w
+            _grad_hidden_(dh[s:e], dz, weight, rows)
         if dw is not None:
-            _addmm_fp32_(dw, z.T, h_c)
+            _grad_weight_(dw, dz, h_c, rows)
     if forward:
         logp.masked_fill_(ignored, 0.0)
     return logp, lse, dh, None if dw is None else dw.to(weight.dtype)
@@ -255,27 +336,28 @@ def _chunk_loop(hidden, weight, labels, ignore_index, triton_path, grad=None, sa
 
 class _FusedLinearLogprob(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index, triton_path):
-        logp, lse, _, _ = _chunk_loop(hidden, weight, labels, ignore_index, triton_path)
+    def forward(ctx, hidden, weight, labels, opts):
+        logp, lse, _, _ = _chunk_loop(hidden, weight, labels, opts)
         ctx.save_for_backward(hidden, weight, labels, logp, lse)
-        ctx.ignore_index, ctx.triton_path = ignore_index, triton_path
+        ctx.opts = opts
         return logp
 
     @staticmethod
     def backward(ctx, grad_logp):
         hidden, weight, labels, logp, lse = ctx.saved_tensors
-        _, _, dh, dw = _chunk_loop(hidden, weight, labels, ctx.ignore_index, ctx.triton_path,
-                                   grad=grad_logp, saved=(logp, lse), need_dh=ctx.needs_input_grad[0],
-                                   need_dw=ctx.needs_input_grad[1])
-        return dh, dw, None, None, None
+        _, _, dh, dw = _chunk_loop(hidden, weight, labels, ctx.opts, grad=grad_logp, saved=(logp, lse),
+                                   need_dh=ctx.needs_input_grad[0], need_dw=ctx.needs_input_grad[1])
+        return dh, dw, None, None
 
 
 def fused_linear_logprob(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         ignore_index: int = -100) -> torch.Tensor:
+                         ignore_index: int = -100, *, chunk_tokens: int | None = None) -> torch.Tensor:
     """Per-token log p(label) of z = hidden @ weight.T: hidden (N, H), weight (V, H), labels (N,)
     int64 -> (N,) float32, 0 where labels == ignore_index. Differentiable in hidden and weight
-    for any per-token upstream gradient; never holds the (N, V) logits."""
-    return _FusedLinearLogprob.apply(hidden, weight, labels, ignore_index, use_triton(hidden))
+    for any per-token upstream gradient; never holds the (N, V) logits. chunk_tokens: tokens per
+    chunk (default: from the memory budget). Triton on CUDA, else the chunked PyTorch path."""
+    opts = _Options(ignore_index, _dispatch.use_triton(hidden), chunk_tokens)
+    return _FusedLinearLogprob.apply(hidden, weight, labels, opts)
 
 
 def sequence_logps(token_logps: torch.Tensor, doc_ids: torch.Tensor, num_seqs: int) -> torch.Tensor:

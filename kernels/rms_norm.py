@@ -15,11 +15,12 @@ Numerical contract (the reference and the Triton kernels agree on it):
   by torch before the single cast to weight.dtype.
 - Nothing is done in place; the output and dx are fresh contiguous tensors.
 """
-import torch
-import triton
-import triton.language as tl
+from __future__ import annotations
 
-from kernels._dispatch import use_triton
+import torch
+
+from kernels import _dispatch
+from kernels._dispatch import tl, triton
 
 MAX_FUSED_H = 65536  # one row must fit in one program's registers
 
@@ -138,7 +139,7 @@ class _RMSNormFunction(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim of x (..., H) with weight (H,); same shape as x, dtype
-    promote_types(weight.dtype, x.dtype). Triton on CUDA (or TRITON_INTERPRET=1), else the ref."""
-    if use_triton(x):
+    promote_types(weight.dtype, x.dtype). Triton on CUDA, else the ref (kernels/_dispatch.py)."""
+    if _dispatch.use_triton(x):
         return _RMSNormFunction.apply(x, weight, eps)
     return rms_norm_ref(x, weight, eps)

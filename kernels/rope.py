@@ -18,13 +18,14 @@ Numerical contract (the reference and the Triton kernels agree on it):
   upstream gradients may be non-contiguous views (e.g. slices of a fused qkv projection): the
   kernels take batch/time/head strides, so only a strided last dim forces a copy.
 """
+from __future__ import annotations
+
 from typing import Optional, Tuple
 
 import torch
-import triton
-import triton.language as tl
 
-from kernels._dispatch import use_triton
+from kernels import _dispatch
+from kernels._dispatch import tl, triton
 
 
 def _gather_tables(cos, sin, positions, B, T):
@@ -139,7 +140,7 @@ class _RoPEFunction(torch.autograd.Function):
 def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                positions: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rotate q (B, T, Hq, D) and k (B, T, Hk, D) by their token positions; returns (q_out, k_out)
-    in the input dtypes. Triton on CUDA (or TRITON_INTERPRET=1), else the reference."""
-    if use_triton(q):
+    in the input dtypes. Triton on CUDA, else the reference (kernels/_dispatch.py)."""
+    if _dispatch.use_triton(q):
         return _RoPEFunction.apply(q, k, cos, sin, positions)
     return apply_rope_ref(q, k, cos, sin, positions)

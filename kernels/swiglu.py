@@ -14,12 +14,13 @@ Numerical contract (the reference and the Triton kernels agree on it):
 - Inputs may be row-strided views, e.g. the two halves of a fused gate_up projection output:
   the kernels take a row stride, so only a strided last dim forces a copy.
 """
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from kernels._dispatch import use_triton
+from kernels import _dispatch
+from kernels._dispatch import tl, triton
 
 BLOCK_N = 1024  # columns per program: 1024 elements keeps loads wide and registers low
 
@@ -96,7 +97,7 @@ class _SwiGLUFunction(torch.autograd.Function):
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for two tensors of the same shape; same shape and dtype as gate.
-    Triton on CUDA (or TRITON_INTERPRET=1), else the reference."""
-    if use_triton(gate):
+    Triton on CUDA, else the reference (kernels/_dispatch.py)."""
+    if _dispatch.use_triton(gate):
         return _SwiGLUFunction.apply(gate, up)
     return swiglu_ref(gate, up)

@@ -1,12 +1,12 @@
 """Test-session set-up.
 
-Without CUDA, TRITON_INTERPRET=1 is set before anything imports triton, so the kernel tests in
-tests/kernels run the real Triton kernels through the interpreter. Every other test runs with
-TRITON_INTERPRET=0 at call time (see kernels/_dispatch.py), which sends CPU tensors to the fast
-PyTorch references; subprocesses (torchrun) inherit that.
+Without CUDA, TRITON_INTERPRET=1 is set before anything imports triton: Triton then builds every
+kernel for its interpreter, so tests/kernels can run the real kernels on CPU tensors (they select
+that path explicitly, see tests/kernels/conftest.py). Nothing else reads the variable: the public
+kernel functions send CPU tensors to their PyTorch references whatever it says
+(kernels/_dispatch.py), so every other test, and their subprocesses, run the fast references.
 """
 import os
-import pathlib
 
 import torch
 
@@ -14,15 +14,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-
-KERNEL_TESTS = pathlib.Path(__file__).parent / "kernels"
-
-
-@pytest.fixture(autouse=True)
-def _interpret_only_for_kernel_tests(request, monkeypatch):
-    if not torch.cuda.is_available() and KERNEL_TESTS not in pathlib.Path(str(request.fspath)).parents:
-        monkeypatch.setenv("TRITON_INTERPRET", "0")
-    yield
 
 
 def pytest_collection_modifyitems(config, items):

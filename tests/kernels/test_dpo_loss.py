@@ -1,7 +1,7 @@
 """kernels/dpo_loss.py against its formulas in float64, TRL's DPOTrainer, and its own reference.
 
-Without CUDA the conftest sets TRITON_INTERPRET=1, so dpo_loss runs the real Triton kernels
-through the interpreter; tests that want the PyTorch reference path set it to 0 themselves.
+Kernel cases run on the paths of tests/kernels/conftest.py (the interpreter on CPU, compiled on
+CUDA; cpu-torch is the PyTorch reference, which CPU tensors take).
 """
 import sys
 import types
@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels.dpo_loss import dpo_loss, dpo_loss_from_pairs, dpo_loss_ref
+from kernels.dpo_loss import dpo_loss, dpo_loss_ref
 
 dpo_mod = sys.modules["kernels.dpo_loss"]  # the package attribute `kernels.dpo_loss` is the function
 
+KERNELS = ("_dpo_loss_fwd_kernel", "_dpo_loss_bwd_kernel")
 CASES = [("sigmoid", 0.0), ("sigmoid", 0.1), ("ipo", 0.0), ("hinge", 0.0), ("robust", 0.0), ("robust", 0.2)]
 
 
@@ -49,6 +50,7 @@ def logits_err(inputs):
 
 def check_against_formula(inputs, beta, loss_type, ls, ref_grad, gen):
     B = inputs[0].shape[0]
+    device = inputs[0].device
     leaves = [t.clone().requires_grad_(i < 2 or ref_grad) for i, t in enumerate(inputs)]
     leaves64 = [t.detach().double().requires_grad_(True) for t in inputs]
     losses, chosen_rw, rejected_rw = dpo_loss(*leaves, beta=beta, loss_type=loss_type, label_smoothing=ls)
@@ -58,7 +60,7 @@ def check_against_formula(inputs, beta, loss_type, ls, ref_grad, gen):
     assert not chosen_rw.requires_grad and not rejected_rw.requires_grad
 
     # Error budget: fp32 rounding of logits times |d loss / d logits|, plus fp32 on the result.
-    g = torch.randn(B, generator=gen, dtype=torch.float64)
+    g = torch.randn(B, generator=gen, dtype=torch.float64).to(device)
     (dl,) = torch.autograd.grad(want, leaves64[0], torch.ones_like(want), retain_graph=True)
     err = logits_err(inputs)
     tol = err * dl.abs() + 1e-6 * want.abs() + 1e-6
@@ -79,46 +81,39 @@ def check_against_formula(inputs, beta, loss_type, ls, ref_grad, gen):
 @pytest.mark.parametrize("loss_type,ls", CASES)
 @pytest.mark.parametrize("B", [1, 7, 1001])
 @pytest.mark.parametrize("ref_grad", [False, True])
-def test_triton_matches_float64_formula(loss_type, ls, B, ref_grad):
+def test_triton_matches_float64_formula(path, loss_type, ls, B, ref_grad):
     gen = torch.Generator().manual_seed(B * 31 + len(loss_type))
     beta = 0.1 if loss_type != "ipo" else 0.05
-    check_against_formula(make_inputs(B, gen=gen), beta, loss_type, ls, ref_grad, gen)
+    check_against_formula(make_inputs(B, device=path.device, gen=gen), beta, loss_type, ls, ref_grad, gen)
+    path.assert_ran(*KERNELS)
 
 
 @pytest.mark.parametrize("loss_type,ls", CASES)
 def test_reference_path_matches_float64_formula(loss_type, ls, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-
     def no_triton(*args):
-        raise AssertionError("CPU with TRITON_INTERPRET=0 must take the reference path")
+        raise AssertionError("CPU tensors must take the reference path")
 
     monkeypatch.setattr(dpo_mod._DPOLossFunction, "apply", no_triton)
     gen = torch.Generator().manual_seed(7)
     check_against_formula(make_inputs(1001, gen=gen), 0.1, loss_type, ls, True, gen)
 
 
-def test_triton_path_is_taken_under_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(dpo_mod, "dpo_loss_ref", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ref")))
-    losses, _, _ = dpo_loss(*make_inputs(5))
-    assert losses.shape == (5,)
-
-
 @pytest.mark.parametrize("loss_type,ls", CASES)
-def test_mean_reduction_backward(loss_type, ls):
+def test_mean_reduction_backward(path, loss_type, ls):
     # losses.mean().backward() hands backward a stride-0 (expanded) gradient.
-    pc, pr, rc, rr = make_inputs(33)
+    pc, pr, rc, rr = make_inputs(33, device=path.device)
     a = [pc.clone().requires_grad_(), pr.clone().requires_grad_()]
     b = [pc.clone().requires_grad_(), pr.clone().requires_grad_()]
     dpo_loss(*a, rc, rr, beta=0.2, loss_type=loss_type, label_smoothing=ls)[0].mean().backward()
     dpo_loss_ref(*b, rc, rr, beta=0.2, loss_type=loss_type, label_smoothing=ls)[0].mean().backward()
+    path.assert_ran(*KERNELS)
     for x, y in zip(a, b):
         torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("loss_type,ls", [("sigmoid", 0.1), ("ipo", 0.0), ("robust", 0.2)])
-def test_bf16_inputs_are_upcast(loss_type, ls):
-    inputs = make_inputs(17, dtype=torch.bfloat16)
+def test_bf16_inputs_are_upcast(path, loss_type, ls):
+    inputs = make_inputs(17, dtype=torch.bfloat16, device=path.device)
     pc, pr = (t.clone().requires_grad_() for t in inputs[:2])
     losses, chosen_rw, _ = dpo_loss(pc, pr, *inputs[2:], beta=0.1, loss_type=loss_type, label_smoothing=ls)
     # The bf16 values are exact in fp32, so fp32 math on them matches float64 on them closely.
@@ -129,21 +124,22 @@ def test_bf16_inputs_are_upcast(loss_type, ls):
     losses.sum().backward()
     leaves64 = [t.double().requires_grad_() for t in inputs[:2]]
     formula64(*leaves64, *inputs[2:], 0.1, loss_type, ls)[0].sum().backward()
+    path.assert_ran(*KERNELS)
     assert pc.grad.dtype == torch.bfloat16
     torch.testing.assert_close(pc.grad.double(), leaves64[0].grad.bfloat16().double(), rtol=1e-2, atol=1e-6)
 
 
 @pytest.mark.parametrize("loss_type,ls", CASES)
-@pytest.mark.parametrize("use_ref", [False, True])
-def test_extreme_logits(loss_type, ls, use_ref, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0" if use_ref else "1")
+def test_extreme_logits(path_or_torch, loss_type, ls):
+    path = path_or_torch
     beta = 0.1
-    x = torch.tensor([-1000.0, -100.0, -20.0, 0.0, 20.0, 50.0, 100.0, 1000.0])  # beta * logits
+    x = torch.tensor([-1000.0, -100.0, -20.0, 0.0, 20.0, 50.0, 100.0, 1000.0], device=path.device)  # beta * logits
     zeros = torch.zeros_like(x)
     pc = (x / beta).requires_grad_()  # logits = pc exactly (ref and rejected are 0)
     pr = zeros.clone().requires_grad_()
     losses, _, _ = dpo_loss(pc, pr, zeros, zeros, beta=beta, loss_type=loss_type, label_smoothing=ls)
     losses.sum().backward()
+    path.assert_ran(*KERNELS)
     assert torch.isfinite(losses).all() and torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all()
     pc64 = pc.detach().double().requires_grad_()
     want = formula64(pc64, zeros, zeros, zeros, beta, loss_type, ls)[0]
@@ -160,42 +156,53 @@ def test_extreme_logits(loss_type, ls, use_ref, monkeypatch):
         w_clean, w_flip = ((1 - ls), ls) if loss_type == "sigmoid" else ((1 - ls) / (1 - 2 * ls), -ls / (1 - 2 * ls))
         torch.testing.assert_close(losses[:2].double(), -w_clean * x[:2].double(), rtol=1e-6, atol=0)
         torch.testing.assert_close(losses[-2:].double(), w_flip * x[-2:].double(), rtol=1e-6, atol=1e-30)
-        torch.testing.assert_close(pc.grad[:2].double(), torch.full((2,), -w_clean * beta, dtype=torch.float64))
-        torch.testing.assert_close(pc.grad[-2:].double(), torch.full((2,), w_flip * beta, dtype=torch.float64))
+        torch.testing.assert_close(pc.grad[:2].double(), torch.full((2,), -w_clean * beta, dtype=torch.float64,
+                                                                    device=path.device))
+        torch.testing.assert_close(pc.grad[-2:].double(), torch.full((2,), w_flip * beta, dtype=torch.float64,
+                                                                     device=path.device))
 
 
-def test_hinge_kink_has_zero_gradient():
+def test_hinge_kink_has_zero_gradient(path):
     # beta * logits == 1 exactly: relu(0) with torch's convention of gradient 0 there.
-    pc = torch.tensor([10.0, 9.0, 11.0], requires_grad=True)
-    zeros = torch.zeros(3)
+    pc = torch.tensor([10.0, 9.0, 11.0], device=path.device, requires_grad=True)
+    zeros = torch.zeros(3, device=path.device)
     dpo_loss(pc, zeros, zeros, zeros, beta=0.1, loss_type="hinge")[0].sum().backward()
-    torch.testing.assert_close(pc.grad, torch.tensor([0.0, -0.1, 0.0]))
+    path.assert_ran(*KERNELS)
+    torch.testing.assert_close(pc.grad.cpu(), torch.tensor([0.0, -0.1, 0.0]))
+
+
+def as_pairs(seq):
+    """(2P,) sequences interleaved (chosen_0, rejected_0, chosen_1, ...) -> (chosen, rejected)
+    strided views, as the DPO recipe passes them (no copies)."""
+    return seq[0::2], seq[1::2]
 
 
 @pytest.mark.parametrize("loss_type,ls", CASES)
-def test_from_pairs_matches_dpo_loss(loss_type, ls):
+def test_interleaved_pairs_as_strided_views(path, loss_type, ls):
     P = 13
-    pc, pr, rc, rr = make_inputs(P)
+    pc, pr, rc, rr = make_inputs(P, device=path.device)
     seq = torch.stack([pc, pr], dim=1).reshape(2 * P).requires_grad_()  # (c0, r0, c1, r1, ...)
     ref = torch.stack([rc, rr], dim=1).reshape(2 * P)
-    loss, chosen_rw, rejected_rw = dpo_loss_from_pairs(seq, ref, beta=0.1, loss_type=loss_type, label_smoothing=ls)
+    losses, chosen_rw, rejected_rw = dpo_loss(*as_pairs(seq), *as_pairs(ref), beta=0.1, loss_type=loss_type,
+                                              label_smoothing=ls)
     pc64, pr64 = pc.double().requires_grad_(), pr.double().requires_grad_()
     want, want_c, want_r = formula64(pc64, pr64, rc, rr, 0.1, loss_type, ls)
-    assert loss.shape == ()
-    torch.testing.assert_close(loss.double(), want.mean().detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses.double(), want.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(chosen_rw.double(), want_c, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(rejected_rw.double(), want_r, rtol=1e-6, atol=1e-6)
-    loss.backward()
+    losses.mean().backward()
     want.mean().backward()
+    path.assert_ran(*KERNELS)
     want_grad = torch.stack([pc64.grad, pr64.grad], dim=1).reshape(2 * P)
     torch.testing.assert_close(seq.grad.double(), want_grad, rtol=1e-4, atol=1e-6)
 
 
-def test_from_pairs_empty_batch_is_zero_not_nan():
-    seq = torch.zeros(0, requires_grad=True)
-    loss, chosen_rw, rejected_rw = dpo_loss_from_pairs(seq, torch.zeros(0))
-    assert loss.item() == 0.0 and chosen_rw.shape == rejected_rw.shape == (0,)
-    loss.backward()
+def test_empty_batch_gives_empty_outputs(path):
+    seq = torch.zeros(0, device=path.device, requires_grad=True)
+    losses, chosen_rw, rejected_rw = dpo_loss(*as_pairs(seq), *as_pairs(torch.zeros(0, device=path.device)))
+    path.assert_dispatched()  # nothing to launch for B = 0
+    assert losses.shape == chosen_rw.shape == rejected_rw.shape == (0,)
+    losses.sum().backward()
     assert seq.grad.shape == (0,)
 
 
@@ -217,12 +224,10 @@ def test_bad_shapes_say_what_is_wrong():
         dpo_loss(pc, pr, rc, rr[:3])
     with pytest.raises(ValueError, match="1-D float tensor"):
         dpo_loss(pc[None], pr, rc, rr)
-    with pytest.raises(ValueError, match=r"must both be \(2P,\)"):
-        dpo_loss_from_pairs(torch.zeros(5), torch.zeros(5))
 
 
 def test_public_names_exported():
-    assert kernels.dpo_loss is dpo_loss and kernels.dpo_loss_from_pairs is dpo_loss_from_pairs
+    assert kernels.dpo_loss is dpo_loss and kernels.dpo_loss_ref is dpo_loss_ref
 
 
 # ----------------------------------------------------------------------------- TRL parity
@@ -286,7 +291,7 @@ def test_matches_trl(loss_type, ls):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("loss_type,ls", CASES)
-def test_gpu_matches_float64_formula(loss_type, ls, dtype):
+def test_gpu_matches_float64_formula(cuda_path, loss_type, ls, dtype):
     gen = torch.Generator().manual_seed(11)
     inputs = [t.cuda() for t in make_inputs(65537, dtype=dtype, gen=gen)]
     pc, pr = (t.clone().requires_grad_() for t in inputs[:2])
@@ -294,6 +299,7 @@ def test_gpu_matches_float64_formula(loss_type, ls, dtype):
                                               label_smoothing=ls)
     g = torch.randn(losses.shape, device="cuda")
     losses.backward(g)
+    cuda_path.assert_ran(*KERNELS)
     leaves = [t.double().requires_grad_() for t in inputs[:2]]
     want, want_c, want_r = formula64(*leaves, *inputs[2:], 0.1, loss_type, ls)
     (dl,) = torch.autograd.grad(want, leaves[0], torch.ones_like(want), retain_graph=True)
