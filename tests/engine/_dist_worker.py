@@ -31,7 +31,7 @@ IGNORE = -100
 
 def launch(*args: str, timeout: int = 120) -> None:
     """torchrun with 2 CPU processes; --standalone picks a free rendezvous port itself."""
-    env = {**os.environ, "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            __file__, *args]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine.hf_checkpoint import load_hf, save_hf
+from tests.helpers import rel_err
 from engine.model_config import ModelConfig
 from engine.model import build_model
 
@@ -26,8 +27,6 @@ def hf_model(n_kv_heads: int, seed: int = 0):
     return model
 
 
-def rel_err(a, b):
-    return ((a - b).norm() / a.norm()).item()
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])

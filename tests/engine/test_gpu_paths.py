@@ -21,20 +21,16 @@ from engine.batching import to_device
 from engine.model import build_model
 from engine.model_config import ModelConfig
 from engine.run_config import ParallelConfig
+from tests.helpers import make_model, tiny_model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> ModelConfig:
-    base = dict(dim=48, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=97, multiple_of=16, max_seq_len=64)
-    return ModelConfig(**{**base, **kw})
+    return tiny_model_config(**{"n_layers": 3, **kw})
 
 
-def make(cfg: ModelConfig, seed: int = 0):
-    model = build_model(cfg, "meta")
-    model.to_empty(device="cpu")
-    model.init_weights(seed)
-    return model.eval()
+make = make_model
 
 
 def packed(vocab: int, T: int = 20):

@@ -6,20 +6,13 @@ import torch.nn.functional as F
 from engine.attention import attention, build_doc_mask
 from engine.model_config import PRESETS, ModelConfig
 from engine.model import build_model
+from tests.helpers import make_model, tiny_model_config
 
 PUBLISHED = {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320, "llama2-70b": 68_976_648_192}
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(dim=48, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=97, multiple_of=16, max_seq_len=64)
-    return ModelConfig(**{**base, **kw})
-
-
-def make(cfg: ModelConfig, seed: int = 0):
-    model = build_model(cfg, "meta")
-    model.to_empty(device="cpu")
-    model.init_weights(seed)
-    return model.eval()
+tiny = tiny_model_config
+make = make_model
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

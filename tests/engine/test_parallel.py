@@ -20,9 +20,7 @@ from engine.model import build_model
 from engine.parallel import (World, ParallelConfig, build_mesh, destroy_distributed, init_distributed,
                              materialize, parallelize)
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+from tests.helpers import rel_err
 
 
 def reference(n_steps: int = 3, micro: int = 1):
@@ -46,11 +44,7 @@ def two_ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ref():
-    # Module fixtures run before conftest's per-test TRITON_INTERPRET=0: set it here too, so
-    # CPU kernels take the PyTorch references.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "0")
-        return reference()
+    return reference()
 
 
 @pytest.mark.parametrize("tag", ["fsdp", "hsdp", "fsdp_accum", "fsdp_accum_sync_last", "fsdp_head_fn"])

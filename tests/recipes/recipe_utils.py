@@ -25,10 +25,7 @@ def torchrun_cmd(recipe: str, nproc: int, args: list[str], extra: list[str] | No
 
 
 def child_env() -> dict:
-    # TRITON_INTERPRET=0: recipes take the PyTorch reference kernels on CPU (module- and
-    # session-scoped fixtures run before the per-test fixture that sets it in tests/conftest.py).
-    return {**os.environ, "ENGINE_NO_BAR": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-            "TRITON_INTERPRET": "0"}
+    return {**os.environ, "ENGINE_NO_BAR": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
