@@ -5,19 +5,26 @@
     python -m bench.gpu_check --dry-run          # tiny shapes on CPU (the default without CUDA)
     python -m bench.gpu_check --skip recipes generate
 
-Each stage is its own subprocess (the command the README gives for it) with its own timeout; a
-stage that fails or times out is reported in the table and the check goes on. All timeouts
-together are also held to --budget seconds (default 450: with start-up and the table the check fits 8 minutes), so
-stages come in order of importance and a late one is cut, or skipped, when time runs out.
+Each stage is its own subprocess with its own timeout; a stage that fails or times out is
+reported in the table and the check goes on. The stages together are held to --budget seconds
+(default 450, so that with start-up and the table the check ends within 8 minutes): they run in
+order of importance, and a late one gets only what is left, or is skipped.
 
-  stage             GPU command (dry run: the same code paths minus CUDA, tiny shapes)     timeout
-  gpu_tests         pytest -m gpu tests/ --ignore=tests/recipes  (bf16 kernels, int64 offsets)  90 s
-  fused_head        bench_fused_linear_logprob --device cuda --n 8192 --h 4096 --v 32000       90 s
-  train_step        bench_train_step --device cuda --preset llama2-1b --rep 1                 180 s
-  norm_rope_swiglu  bench_norm_rope_swiglu  (LLaMA-7B shapes, bf16, vs torch.compile)          75 s
-  dpo_loss          bench_dpo_loss --device cuda --loss-types sigmoid  (vs torch.compile)       60 s
-  recipes           pytest -m gpu tests/recipes  (SFT flex/sdpa, DPO, 2 GPUs, deterministic)  200 s
-  generate          bench_generate, when bench/bench_generate.py exists                        60 s
+  stage             GPU command (python -m ...)                                         timeout
+  gpu_tests         pytest -m gpu tests/ --ignore=tests/recipes   (kernels on CUDA, bf16)    90 s
+  fused_head        bench.bench_fused_linear_logprob --device cuda --n 8192 --h 4096 --v 32000
+                    (eager, torch.compile and fused, fwd / bwd / fwd+bwd)                    90 s
+  train_step        bench.bench_train_step --device cuda --preset llama2-1b --rep 1
+                    (SFT packed flex / padded / HF; DPO ours / TRL logits / TRL fused)      150 s
+  recipes           pytest -m gpu tests/recipes   (SFT flex + sdpa, DPO, 2 GPUs, determinism) 180 s
+  norm_rope_swiglu  bench.bench_norm_rope_swiglu   (LLaMA-7B shapes, bf16, vs torch.compile)  75 s
+  dpo_loss          bench.bench_dpo_loss --device cuda --loss-types sigmoid   (vs compile)    60 s
+  generate          bench.bench_generate, when bench/bench_generate.py exists                 60 s
+
+The dry run runs the same stages on CPU: the same pytest selections (every GPU test skips), each
+benchmark with its smallest CPU arguments (bench_train_step: preset tiny, peaks in-process),
+one thread, torch.compile disabled (TORCH_COMPILE_DISABLE=1: the calls stay, compile returns
+the function), ~40 s on 2 idle cores; bench_generate only parses its --help there.
 
 Targets (benchmarks, not tests: a miss is reported, not an error): fused head fwd+bwd >= 60% of
 the measured bf16 matmul peak in model FLOPs (2NHV forward + 4NHV backward; the fused backward
@@ -35,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import importlib.util
 import json
 import os
@@ -70,6 +76,7 @@ class Stage:
     summarize: Callable[[list[dict], str, bool], tuple[str, bool | None]]
     """(the stage's new result rows, its output, on_gpu) -> (key numbers, target met: None = no target)."""
     target: str = "-"
+    note: str = ""                      # what this machine leaves out, shown with the numbers
 
 
 @dataclasses.dataclass
@@ -200,35 +207,39 @@ def summarize_generic(rows: list[dict], output: str, on_gpu: bool) -> tuple[str,
 def build_stages(work: pathlib.Path) -> list[Stage]:
     """In order of importance: when the budget runs out, the last stages are the ones cut."""
     pytest = ["pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
-    step_args = ["--rep", "1", "--work", str(work / "train_step")]
+    kernel_tests = [*pytest, "tests/", "--ignore=tests/recipes"]
+    step_args, step_note = ["--rep", "1", "--work", str(work / "train_step")], ""
     have = lambda mod: importlib.util.find_spec(mod) is not None  # noqa: E731
     if not (have("transformers") and have("trl")):  # the baselines; ours alone still gives MFU
         step_args += ["--only", "ours_"]
+        step_note = "transformers/trl not installed: ours only, no HF/TRL baselines"
     return [
-        Stage("gpu_tests", [*pytest, "tests/", "--ignore=tests/recipes"], [*pytest, "tests/", "--ignore=tests/recipes"],
-              90, summarize_pytest),
-        Stage("fused_head", ["bench.bench_fused_linear_logprob", "--device", "cuda", "--n", "8192", "--h", "4096",
-                             "--v", "32000"],
+        Stage("gpu_tests", kernel_tests, kernel_tests, 90, summarize_pytest),
+        Stage("fused_head",
+              ["bench.bench_fused_linear_logprob", "--device", "cuda", "--n", "8192", "--h", "4096", "--v", "32000"],
               ["bench.bench_fused_linear_logprob", "--device", "cpu", "--n", "256", "--h", "64", "--v", "512",
                "--rep", "1"],
-              90, summarize_fused_head, f">={HEAD_PEAK_TARGET:.0f}% bf16 peak, <={100 * HEAD_MEM_TARGET:.0f}% eager mem"),
+              90, summarize_fused_head,
+              f">={HEAD_PEAK_TARGET:.0f}% bf16 peak, <={100 * HEAD_MEM_TARGET:.0f}% eager mem"),
         Stage("train_step", ["bench.bench_train_step", "--device", "cuda", "--preset", "llama2-1b", *step_args],
               ["bench.bench_train_step", "--device", "cpu", "--preset", "tiny", *step_args, "--cpu-peak", "inprocess"],
-              180, summarize_train_step, f"SFT MFU>={100 * MFU_TARGET:.0f}%, DPO>={DPO_VS_TRL_TARGET}x TRL tok/s"),
+              150, summarize_train_step, f"SFT MFU>={100 * MFU_TARGET:.0f}%, DPO>={DPO_VS_TRL_TARGET}x TRL tok/s",
+              step_note),
+        Stage("recipes", [*pytest, "tests/recipes"], [*pytest, "tests/recipes"], 180, summarize_pytest),
         Stage("norm_rope_swiglu", ["bench.bench_norm_rope_swiglu"], ["bench.bench_norm_rope_swiglu", "--small"],
               75, summarize_vs_compile("kernel", ("triton", "ref"), "mode"), "faster or smaller than compile"),
         Stage("dpo_loss", ["bench.bench_dpo_loss", "--device", "cuda", "--loss-types", "sigmoid"],
-              ["bench.bench_dpo_loss", "--device", "cpu", "--sizes", "256", "--loss-types", "sigmoid", "--threads", "1"],
+              ["bench.bench_dpo_loss", "--device", "cpu", "--sizes", "256", "--loss-types", "sigmoid",
+               "--threads", "1"],
               60, summarize_vs_compile("B", ("triton", "eager_ref"), "pass"), "faster or smaller than compile"),
-        Stage("recipes", [*pytest, "tests/recipes"], [*pytest, "tests/recipes"], 200, summarize_pytest),
         # bench_generate's small CPU arguments are not known here, so the dry run only checks
         # that its CLI imports and parses.
         Stage("generate", ["bench.bench_generate"], ["bench.bench_generate", "--help"], 60, summarize_generic),
     ]
 
 
-def notes(work: pathlib.Path) -> dict[str, str]:
-    """Why a stage cannot run on this machine, or what it leaves out."""
+def unrunnable() -> dict[str, str]:
+    """stage -> why it cannot run on this machine."""
     out = {}
     if not (REPO_ROOT / "bench" / "bench_generate.py").exists():
         out["generate"] = "skipped (bench/bench_generate.py does not exist yet)"
@@ -306,6 +317,8 @@ def run_stage(stage: Stage, dry: bool, timeout_s: int, results: pathlib.Path, lo
         numbers, met = stage.summarize(rows, output, not dry)
     except Exception as err:  # a bench changed its row format: say so, keep the check going
         numbers, met = f"could not summarize: {type(err).__name__}: {err}", None
+    if stage.note:
+        numbers = f"{numbers} [{stage.note}]"
     if status != "ok":
         tail = "\n".join(output.splitlines()[-40:])
         print(f"[gpu_check] {stage.name} {status} after {seconds:.0f} s; last lines of {log}:\n{tail}", flush=True)
@@ -355,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[gpu_check] {mode} on {meta['device']}, git {meta['git_sha']}; results -> {results}", flush=True)
 
     t_start, outcomes = time.perf_counter(), []
-    skipped = notes(tmp)
+    skipped = unrunnable()
     try:
         for stage in build_stages(tmp):
             if stage.name in args.skip:
