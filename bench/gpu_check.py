@@ -238,6 +238,13 @@ def build_stages(work: pathlib.Path) -> list[Stage]:
     ]
 
 
+def missing_modules() -> list[str]:
+    """What the stages import that this Python lacks (nothing is installed: a failed stage then
+    says why in its log, and the table's header says it here)."""
+    wanted = ("triton", "numpy", "safetensors", "sentencepiece", "yaml", "pytest", "transformers", "trl")
+    return [m for m in wanted if importlib.util.find_spec(m) is None]
+
+
 def unrunnable() -> dict[str, str]:
     """stage -> why it cannot run on this machine."""
     out = {}
@@ -257,8 +264,9 @@ def stage_env(results: pathlib.Path, dry: bool) -> dict:
     if dry:
         # Shared CPU cores: one thread (a descheduled OpenMP thread stalls every op); and no
         # torch.compile (its C++ build alone takes ~30 s per benchmark on 2 cores): the calls
-        # stay, compile returns the function itself.
-        env.update(OMP_NUM_THREADS="1", TORCH_COMPILE_DISABLE="1")
+        # stay, compile returns the function itself. CUDA hidden: on a GPU machine a dry run
+        # stays the CPU run.
+        env.update(OMP_NUM_THREADS="1", TORCH_COMPILE_DISABLE="1", CUDA_VISIBLE_DEVICES="")
     return env
 
 
@@ -278,6 +286,20 @@ def new_rows(results: pathlib.Path, before: dict[pathlib.Path, int]) -> list[dic
                 except json.JSONDecodeError:
                     pass
     return rows
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the stage's process group (torchrun passes it on to its workers), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def run_stage(stage: Stage, dry: bool, timeout_s: int, results: pathlib.Path, logs: pathlib.Path,
@@ -300,16 +322,10 @@ def run_stage(stage: Stage, dry: bool, timeout_s: int, results: pathlib.Path, lo
             status = "ok" if rc == 0 or (rc == 5 and args[0] == "pytest") else f"FAIL (rc {rc})"
         except subprocess.TimeoutExpired:
             rc, status = None, f"TIMEOUT ({timeout_s} s)"
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=KILL_GRACE_S)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            end_group(proc)
+        except BaseException:  # Ctrl-C: the stage's own session would outlive us
+            end_group(proc)
+            raise
     seconds = time.perf_counter() - t0
     output = log.read_text(errors="replace")
     rows = new_rows(results, before)
@@ -333,6 +349,8 @@ def write_summary(outcomes: list[Outcome], results: pathlib.Path, meta: dict, mo
               "target": o.target, "verdict": o.verdict()} for o in outcomes]
     head = (f"gpu_check ({mode}) {meta['device']}  torch {meta['torch']}  triton {meta['triton']}  "
             f"git {meta['git_sha']}  {meta['date']}  total {total_s:.0f} s")
+    if meta["missing_modules"]:
+        head += f"  missing: {', '.join(meta['missing_modules'])}"
     print("\n# " + head)
     print_table(table)
     with open(results / "gpu_check.jsonl", "a") as f:
@@ -363,9 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     logs = results / "gpu_check_logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = stage_env(results, dry)
-    meta = run_metadata()
+    meta = {**run_metadata(), "missing_modules": missing_modules()}
     mode = "dry-run" if dry else "gpu"
-    print(f"[gpu_check] {mode} on {meta['device']}, git {meta['git_sha']}; results -> {results}", flush=True)
+    print(f"[gpu_check] {mode} on {meta['device']}, git {meta['git_sha']}; results -> {results}; "
+          f"missing modules: {', '.join(meta['missing_modules']) or 'none'}", flush=True)
 
     t_start, outcomes = time.perf_counter(), []
     skipped = unrunnable()
