@@ -2,6 +2,7 @@
 
     python -m bench.gpu_check                    # one GPU (H200: at most 8 minutes in all)
     python -m bench.gpu_check --out DIR          # everything goes to DIR instead of bench/results
+    python -m bench.gpu_check --out "$OUT"       # on a lent device machine: the results come back
     python -m bench.gpu_check --dry-run          # tiny shapes on CPU (the default without CUDA)
     python -m bench.gpu_check --skip recipes generate
 
@@ -115,7 +116,11 @@ def summarize_pytest(rows: list[dict], output: str, on_gpu: bool) -> tuple[str, 
     if not lines:
         return "no pytest summary line", None
     counts = re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)", lines[-1])
-    return ", ".join(f"{n} {what}" for n, what in counts) or lines[-1].strip("= "), None
+    text = ", ".join(f"{n} {what}" for n, what in counts) or lines[-1].strip("= ")
+    failed = [t.split("/")[-1] for t in re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.M)]
+    if failed:
+        text += "; " + ", ".join(failed[:4]) + (f" and {len(failed) - 4} more" if len(failed) > 4 else "")
+    return text, None
 
 
 def summarize_fused_head(rows: list[dict], output: str, on_gpu: bool) -> tuple[str, bool | None]:

@@ -78,17 +78,18 @@ def assert_export_loads(final) -> None:
     from engine.hf_checkpoint import load_hf
 
     vocab = json.loads((final / "config.json").read_text())["vocab_size"]
-    ids = torch.randint(0, vocab, (2, 48), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
+    # 128 tokens: a whole FlexAttention block (the default backend on CUDA without flash-attn)
+    ids = torch.randint(0, vocab, (2, 128), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
     ours = load_hf(final, dtype=torch.bfloat16, device=DEVICE).eval()
     with torch.no_grad():
-        logits = ours(ids)  # (2, 48, vocab)
-    assert logits.shape == (2, 48, vocab) and torch.isfinite(logits).all()
+        logits = ours(ids)  # (2, 128, vocab)
+    assert logits.shape == (2, 128, vocab) and torch.isfinite(logits).all()
     del ours
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(final, dtype=torch.bfloat16).to(DEVICE).eval()
     with torch.no_grad():
         hf_logits = hf(input_ids=ids).logits
-    assert hf_logits.shape == (2, 48, vocab) and torch.isfinite(hf_logits).all()
+    assert hf_logits.shape == (2, 128, vocab) and torch.isfinite(hf_logits).all()
 
 
 @pytest.fixture(scope="module")
