@@ -454,7 +454,10 @@ def run_preset(name: str, device: torch.device, args) -> list[dict]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cases, facts = build_cases(preset, device, dtype, args.work, args.padded_batch, args.only)
     cfg = facts.pop("model_cfg")
-    first, peaks, ms, peak_flops = measure(cases, device, args.rep, lambda case: cpu_peak_in_subprocess(name, case, args))
+    by_name = {c.name: c for c in cases}
+    cpu_peak = ((lambda case: cpu_peak_in_subprocess(name, case, args)) if args.cpu_peak == "subprocess" else
+                (lambda case: measure_peak_cpu(by_name[case].run) / 2**20))
+    first, peaks, ms, peak_flops = measure(cases, device, args.rep, cpu_peak)
     problems = check_agreement(cases, first, rtol=2e-2 if dtype == torch.bfloat16 else 2e-4)
     for p in problems:
         print("WARNING:", p)
@@ -505,6 +508,9 @@ def main() -> None:
                     help="torch CPU threads (1: on a CPU shared with other jobs, an OpenMP barrier "
                          "waiting on a descheduled thread adds whole scheduler slices to every op)")
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ie_engine_bench_train_step"))
+    ap.add_argument("--cpu-peak", choices=["subprocess", "inprocess"], default="subprocess",
+                    help="CPU peak memory: a fresh process per case (exact), or in this process (quick: "
+                         "other cases' heap can hide allocations; bench.gpu_check's dry run)")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--peak-of", help=argparse.SUPPRESS)  # internal: one case's CPU peak, in a child process
     args = ap.parse_args()

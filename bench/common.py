@@ -3,7 +3,8 @@
 Every kernel benchmark reports fractions of the hardware, not only seconds, so this file also
 measures the machine's own peaks once per process (bf16 matmul TFLOP/s, copy GB/s) instead of
 trusting datasheet numbers. Results go to bench/results/<suite>.jsonl, one JSON object per row,
-each stamped with the UTC date, git sha, device name and torch/triton versions.
+each stamped with the UTC date, git sha, device name and torch/triton versions;
+BENCH_RESULTS_DIR=DIR sends them to DIR instead (bench.gpu_check's --out and its dry run).
 
 CPU peak memory (`measure_peak_cpu`): CPU tensors have no `torch.cuda.max_memory_allocated`, so
 we use the kernel's own high-water mark of the process's resident set. Writing "5" to
@@ -20,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -30,7 +32,7 @@ from typing import Callable
 
 import torch
 
-RESULTS_DIR = pathlib.Path(__file__).parent / "results"
+RESULTS_DIR = pathlib.Path(os.environ.get("BENCH_RESULTS_DIR") or pathlib.Path(__file__).parent / "results")
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
