@@ -27,7 +27,10 @@ trained its Llama-3.2 and Qwen2.5 models with open-instruct; what changes comes 
 tokenizer: the EOS text after each assistant turn is `tok.eos_text` (the tokenizer_config.json
 eos_token that open-instruct's `tokenizer.eos_token` is), BOS is `tok.bos_id` or nothing (Qwen),
 the strings split out of the text are `tok.special_ids` (all added tokens), and a piece is encoded
-without a dummy prefix (byte-level BPE has none). Position 0 is never trained either way.
+without a dummy prefix (byte-level BPE has none). Position 0 is never trained either way. One
+quirk shows only there: for a conversation that ends with a system/user turn, open-instruct's last
+mask ends at the token count of the text with its final "\n", which a byte-level BPE can merge
+into the last token ("|>\n" is one piece); the positions past that count stay trained, as there.
 
 Speed: `encode_conversation` runs sentencepiece once per message piece (one batched call per
 conversation) instead of re-tokenizing every prefix. It is exact because "\\n" is a hard BPE
@@ -171,6 +174,12 @@ def encode_conversation(tok: Tokenizer, messages: Sequence[dict],
         ids.extend(piece)
         trained_flags.extend([trained] * len(piece))
     trained_flags[:1] = [False]  # nothing predicts position 0
+    if messages[-1]["role"] != "assistant":
+        # open-instruct's last mask ends at the token count of the text WITH its final "\n" (only
+        # the whole text is stripped); a byte-level BPE can merge that "\n" into the last token
+        # ("|>\n" is one piece), which leaves the positions past that count trained, as there.
+        end = len(_tokenize_hf(tok, _concat_messages(messages, tok.eos_text)))
+        trained_flags[end:] = [True] * max(0, len(trained_flags) - end)
     return (np.asarray(ids[:max_len], dtype=np.int32),
             np.asarray(trained_flags[:max_len], dtype=bool))
 
