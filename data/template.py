@@ -173,7 +173,7 @@ def encode_conversation(tok: Tokenizer, messages: Sequence[dict],
         piece = [-ref - 1] if ref < 0 else encoded[ref][tok.newline_len if strip_nl else 0:]
         ids.extend(piece)
         trained_flags.extend([trained] * len(piece))
-    trained_flags[:1] = [False]  # nothing predicts position 0
+    trained_flags[0] = False  # nothing predicts position 0 (ids is never empty: a role header)
     if messages[-1]["role"] != "assistant":
         # open-instruct's last mask ends at the token count of the text WITH its final "\n" (only
         # the whole text is stripped); a byte-level BPE can merge that "\n" into the last token

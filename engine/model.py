@@ -151,8 +151,8 @@ class Transformer(nn.Module):
         self.init_rope()
         std_out = 0.02 / math.sqrt(2 * self.cfg.n_layers)
         for i, (name, p) in enumerate(self.named_parameters()):
-            if name.endswith("norm.weight") or name.endswith(".bias"):
-                p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+            if name.endswith(("norm.weight", ".bias")):
+                p.fill_(0.0 if name.endswith(".bias") else 1.0)
                 continue
             std = std_out if name.endswith(("wo.weight", "w2.weight")) else 0.02
             mesh = getattr(p, "device_mesh", None)  # FSDP2 parameters are DTensors
