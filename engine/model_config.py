@@ -86,14 +86,16 @@ class ModelConfig:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
     @classmethod
-    def from_params_json(cls, path: str | Path, vocab_size: int = 32000) -> "ModelConfig":
+    def from_params_json(cls, path: str | Path, vocab_size: int = 32000,
+                         rope_scaling_factor: float = 8.0) -> "ModelConfig":
         """Meta's params.json (its vocab_size is -1: the tokenizer decides). Llama-3.1+'s
         `use_scaled_rope` becomes `rope_scaling` with Meta's constants (low 1, high 4, original
-        context 8192) and its `rope_scaling_factor` (default 8, as Meta's apply_scaling)."""
+        context 8192) and the file's `rope_scaling_factor` if it has one, else the argument:
+        the file may not say it, and it differs by release (3.1: 8; 3.2: 32, as in its HF config)."""
         params = json.loads(Path(path).read_text())
         if params.get("vocab_size", -1) <= 0:
             params["vocab_size"] = vocab_size
-        factor = params.pop("rope_scaling_factor", None) or 8.0
+        factor = params.pop("rope_scaling_factor", None) or rope_scaling_factor
         if params.pop("use_scaled_rope", False):
             params["rope_scaling"] = RopeScaling(factor=factor)
         return cls(**params)

@@ -235,3 +235,41 @@ def test_tied_head_stays_one_parameter_under_fsdp_and_reaches_fused_losses(world
     g = g.full_tensor() if hasattr(g, "full_tensor") else g
     # the gradient of the one tied parameter holds both uses (embedding rows and head)
     assert rel_err(plain.tok_embeddings.weight.grad, g) < 1e-6
+
+
+def test_tied_model_resumes_from_a_sharded_training_state(world1, tmp_path):
+    """DCP save/load of model + AdamW state keeps the tie and restores the one tied tensor."""
+    from engine.parallel import ParallelConfig, materialize, parallelize
+    from engine.train_checkpoint import load_state, save_state
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=53, multiple_of=16,
+                      max_seq_len=32, qkv_bias=True, tie_embeddings=True)
+    pcfg = ParallelConfig(mixed_precision="fp32")
+
+    def fresh(seed):
+        m = parallelize(build_model(cfg, "meta"), pcfg, world1)
+        materialize(m, world1, pcfg, seed=seed)
+        return m, torch.optim.AdamW(m.parameters(), lr=1e-2)
+
+    model, opt = fresh(1)
+    x = torch.randint(0, 53, (2, 9))
+    model(x).sum().backward()
+    opt.step()
+    save_state(tmp_path, 1, model, opt)
+    want = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
+    other, other_opt = fresh(2)
+    load_state(tmp_path / "step-00000001", other, other_opt)
+    assert other.output.weight is other.tok_embeddings.weight
+    for k, v in other.state_dict().items():
+        assert torch.equal(v.full_tensor(), want[k]), k
+    assert len(other_opt.state) == len(list(other.parameters()))
+
+
+def test_meta_params_json_of_llama3_2(tmp_path):
+    f = tmp_path / "params.json"  # Meta's Llama-3.2-1B params.json
+    f.write_text('{"dim": 2048, "ffn_dim_multiplier": 1.5, "multiple_of": 256, "n_heads": 32, "n_kv_heads": 8, '
+                 '"n_layers": 16, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": true, '
+                 '"vocab_size": 128256}')
+    cfg = ModelConfig.from_params_json(f, rope_scaling_factor=32.0)
+    preset = PRESETS["llama3.2-1b"]
+    assert cfg.rope_scaling == preset.rope_scaling and cfg.hidden_dim == preset.hidden_dim
+    assert build_model(dataclasses.replace(cfg, tie_embeddings=True)).num_params() == 1_235_814_400
