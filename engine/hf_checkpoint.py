@@ -242,13 +242,15 @@ def save_hf(model: Transformer, path: str | Path, tokenizer_path: str | Path | N
         (path / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     bos, eos, pad = 1, 2, 0  # Llama-2's sentencepiece ids (a tokenizer.model is copied as is)
-    if tokenizer_path is not None and str(tokenizer_path).endswith(".json"):
-        from data.tokenizer import Tokenizer
-        tok = Tokenizer(tokenizer_path)
-        bos, eos, pad = tok.bos_id, tok.eos_id, tok.pad_id
-        _save_tokenizer_json(tok, path, cfg.max_seq_len)
-    elif tokenizer_path is not None:
-        _save_tokenizer_model(Path(tokenizer_path), path, cfg.max_seq_len)
+    if tokenizer_path is not None:
+        from data.tokenizer import Tokenizer, find_tokenizer
+        tokenizer_path = find_tokenizer(tokenizer_path)  # a directory: its tokenizer file
+        if tokenizer_path.endswith(".json"):
+            tok = Tokenizer(tokenizer_path)
+            bos, eos, pad = tok.bos_id, tok.eos_id, tok.pad_id
+            _save_tokenizer_json(tok, path, cfg.max_seq_len)
+        else:
+            _save_tokenizer_model(Path(tokenizer_path), path, cfg.max_seq_len)
     (path / "config.json").write_text(json.dumps(config_to_hf(cfg, stored, bos, eos), indent=2))
     (path / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}, indent=2))

@@ -273,3 +273,19 @@ def test_meta_params_json_of_llama3_2(tmp_path):
     preset = PRESETS["llama3.2-1b"]
     assert cfg.rope_scaling == preset.rope_scaling and cfg.hidden_dim == preset.hidden_dim
     assert build_model(dataclasses.replace(cfg, tie_embeddings=True)).num_params() == 1_235_814_400
+
+
+@pytest.mark.parametrize("style", ["llama3", "qwen2"])
+def test_save_hf_writes_a_tokenizer_json_and_its_ids(tmp_path, style):
+    from data.tokenizer import Tokenizer, train_byte_level_tokenizer
+    train_byte_level_tokenizer(["Ada met Alan in Paris.\nIt rained."] * 5, 300, tmp_path / "tok", style)
+    tok = Tokenizer(tmp_path / "tok")
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16, max_seq_len=64,
+                      tie_embeddings=True, qkv_bias=style == "qwen2")
+    save_hf(perturbed_model(cfg, 0), tmp_path / "out", tokenizer_path=tmp_path / "tok")  # a directory works
+    hf_cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    gen = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert hf_cfg["bos_token_id"] == gen["bos_token_id"] == tok.bos_id  # None for Qwen
+    assert hf_cfg["eos_token_id"] == gen["eos_token_id"] == tok.eos_id
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert hf_tok.eos_token == tok.eos_text and hf_tok("Ada met")["input_ids"][-2:] == tok.encode("Ada met")[-2:]
