@@ -11,7 +11,8 @@ DIR/stats.json.
 
 Reuse: DIR/meta.json holds a fingerprint of everything the bytes depend on: each input's
 absolute path, size and mtime_ns (not a content hash: hashing gigabytes would cost as much as a
-rebuild, and tools that rewrite a file change its mtime), the tokenizer file's sha256, the
+rebuild, and tools that rewrite a file change its mtime), the tokenizer's sha256 (a tokenizer.json
+with the config files beside it that decide BOS/EOS: data.tokenizer.tokenizer_sha256), the
 sha256 of the sources that decide the bytes (data/formats.py, template.py, tokenizer.py,
 pack.py and this file), kind, seq_len, overlong, seed and FORMAT_VERSION. The worker count is
 not in it: it does not change the output. Same fingerprint -> the
@@ -54,7 +55,7 @@ import numpy as np
 from data.formats import read_dpo, read_sft
 from data.pack import build_row_index, pack_bfd
 from data.template import encode_conversation, encode_pair
-from data.tokenizer import Tokenizer, WordCacheTokenizer
+from data.tokenizer import Tokenizer, WordCacheTokenizer, tokenizer_sha256
 
 FORMAT_VERSION = 1
 MIN_PROMPT_TOKENS = 16
@@ -156,14 +157,6 @@ def _encode_chunk(job: tuple) -> tuple:
 
 # ----------------------------------------------------------------------------- fingerprint
 
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(kind: str, inputs: list[str], tokenizer_path: str, seq_len: int, overlong: str,
                 seed: int) -> dict:
     """Everything the cache bytes depend on (see the module docstring)."""
@@ -174,7 +167,7 @@ def fingerprint(kind: str, inputs: list[str], tokenizer_path: str, seq_len: int,
         st = os.stat(p)
         files.append({"path": os.path.abspath(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return {"format": FORMAT_VERSION, "kind": kind, "seq_len": int(seq_len), "overlong": overlong,
-            "seed": int(seed), "inputs": files, "tokenizer_sha256": _sha256(tokenizer_path),
+            "seed": int(seed), "inputs": files, "tokenizer_sha256": tokenizer_sha256(tokenizer_path),
             "code_sha256": code}
 
 
@@ -479,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
     ap.add_argument("kind", choices=("sft", "dpo"))
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL / JSON files, read in order")
-    ap.add_argument("--tokenizer", required=True, help="sentencepiece tokenizer.model")
+    ap.add_argument("--tokenizer", required=True, help="sentencepiece tokenizer.model or tokenizer.json")
     ap.add_argument("--seq-len", type=int, required=True, help="tokens per packed row")
     ap.add_argument("--out", required=True, help="cache directory to write")
     ap.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")

@@ -22,6 +22,16 @@ literally). Worked out, target_mask is True on:
 False on BOS, every system/user message (header, content, trailing "\\n") and the
 "<|assistant|>\\n" header after it. Position 0 (BOS) is always False: nothing predicts it.
 
+Other families (tokenizer.json, data/tokenizer.py): the template stays this Tulu text, as ADELIE
+trained its Llama-3.2 and Qwen2.5 models with open-instruct; what changes comes from the
+tokenizer: the EOS text after each assistant turn is `tok.eos_text` (the tokenizer_config.json
+eos_token that open-instruct's `tokenizer.eos_token` is), BOS is `tok.bos_id` or nothing (Qwen),
+the strings split out of the text are `tok.special_ids` (all added tokens), and a piece is encoded
+without a dummy prefix (byte-level BPE has none). Position 0 is never trained either way. One
+quirk shows only there: for a conversation that ends with a system/user turn, open-instruct's last
+mask ends at the token count of the text with its final "\n", which a byte-level BPE can merge
+into the last token ("|>\n" is one piece); the positions past that count stay trained, as there.
+
 Speed: `encode_conversation` runs sentencepiece once per message piece (one batched call per
 conversation) instead of re-tokenizing every prefix. It is exact because "\\n" is a hard BPE
 boundary (no piece contains it; `Tokenizer.newline_is_boundary`), every piece boundary falls
@@ -55,9 +65,10 @@ def _concat_messages(messages: Sequence[dict], eos: str = EOS_TEXT) -> str:
     return text
 
 
-def render(messages: Sequence[dict]) -> str:
-    """The exact text open-instruct tokenizes (the tokenizer adds BOS in front of it)."""
-    return _concat_messages(messages).strip()
+def render(messages: Sequence[dict], eos: str = EOS_TEXT) -> str:
+    """The exact text open-instruct tokenizes (the tokenizer adds BOS in front of it); `eos` is
+    the tokenizer's EOS text (`Tokenizer.eos_text`; Llama-2's "</s>" by default)."""
+    return _concat_messages(messages, eos).strip()
 
 
 def _special_re(tok: Tokenizer) -> re.Pattern:
@@ -67,8 +78,9 @@ def _special_re(tok: Tokenizer) -> re.Pattern:
 
 
 def _tokenize_hf(tok: Tokenizer, text: str) -> list[int]:
-    """BOS + legacy Hugging Face Llama tokenization: split at special strings, encode each piece."""
-    ids = [tok.bos_id]
+    """BOS (if the tokenizer has one) + Hugging Face tokenization: split at special strings,
+    encode each piece."""
+    ids = [] if tok.bos_id is None else [tok.bos_id]
     for part in _special_re(tok).split(text):
         if part in tok.special_ids:
             ids.append(tok.special_ids[part])
@@ -82,21 +94,21 @@ def encode_conversation_ref(tok: Tokenizer, messages: Sequence[dict],
     """open-instruct `encode_with_messages_format`, literally (O(turns^2) tokenization)."""
     if not messages:
         raise ValueError("messages is empty")
-    ids = _tokenize_hf(tok, render(messages))[:max_len]
+    ids = _tokenize_hf(tok, render(messages, tok.eos_text))[:max_len]
     trained = np.ones(len(ids), dtype=bool)
     n = lambda text: min(len(_tokenize_hf(tok, text)), len(ids))  # noqa: E731
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
             continue
-        start = 0 if i == 0 else n(_concat_messages(messages[:i]))
-        so_far = _concat_messages(messages[: i + 1])
+        start = 0 if i == 0 else n(_concat_messages(messages[:i], tok.eos_text))
+        so_far = _concat_messages(messages[: i + 1], tok.eos_text)
         if i + 1 < len(messages) and messages[i + 1]["role"] == "assistant":
             so_far += "<|assistant|>\n"  # the next turn's header is masked too
         end = n(so_far)
         trained[start:end] = False
         if end >= len(ids):
             break
-    trained[:1] = False  # BOS: open-instruct's labels[0] is never used after the shift
+    trained[:1] = False  # BOS (or the first token): open-instruct's labels[0] is never used after the shift
     return np.asarray(ids, dtype=np.int32), trained
 
 
@@ -128,8 +140,9 @@ def encode_conversation(tok: Tokenizer, messages: Sequence[dict],
                         max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize a conversation with the Tulu template.
 
-    Returns ids (L,) int32 starting with BOS and target_mask (L,) bool (see the module docstring
-    for exactly what is True). `max_len` truncates both to at most max_len tokens.
+    Returns ids (L,) int32 starting with BOS (when the tokenizer has one) and target_mask (L,)
+    bool (see the module docstring for exactly what is True). `max_len` truncates both to at
+    most max_len tokens.
     """
     if not messages:
         raise ValueError("messages is empty")
@@ -154,11 +167,19 @@ def encode_conversation(tok: Tokenizer, messages: Sequence[dict],
                 texts.append(part if chunk_start else "\n" + part)
                 chunk_start = False
     encoded = tok.encode_batch(texts) if texts else []
-    ids, trained_flags = [tok.bos_id], [False]
+    ids = [] if tok.bos_id is None else [tok.bos_id]
+    trained_flags = [False] * len(ids)
     for ref, trained, strip_nl in plan:
         piece = [-ref - 1] if ref < 0 else encoded[ref][tok.newline_len if strip_nl else 0:]
         ids.extend(piece)
         trained_flags.extend([trained] * len(piece))
+    trained_flags[0] = False  # nothing predicts position 0 (ids is never empty: a role header)
+    if messages[-1]["role"] != "assistant":
+        # open-instruct's last mask ends at the token count of the text WITH its final "\n" (only
+        # the whole text is stripped); a byte-level BPE can merge that "\n" into the last token
+        # ("|>\n" is one piece), which leaves the positions past that count trained, as there.
+        end = len(_tokenize_hf(tok, _concat_messages(messages, tok.eos_text)))
+        trained_flags[end:] = [True] * max(0, len(trained_flags) - end)
     return (np.asarray(ids[:max_len], dtype=np.int32),
             np.asarray(trained_flags[:max_len], dtype=bool))
 

@@ -20,8 +20,13 @@ def prepare_data(cfg: RunConfig, world: parallel.World, kind: str, heldout: bool
     files, tokenizer = list(cfg.data.eval_files if heldout else cfg.data.train_files), cfg.data.tokenizer
     if heldout and not files:
         return None, tokenizer
-    if not tokenizer and cfg.model.checkpoint:
-        tokenizer = str(Path(cfg.model.checkpoint) / "tokenizer.model")
+    if not tokenizer and cfg.model.checkpoint:  # its tokenizer.model, else its tokenizer.json
+        from data.tokenizer import TOKENIZER_FILES, find_tokenizer
+        try:
+            tokenizer = find_tokenizer(cfg.model.checkpoint)
+        except FileNotFoundError:
+            raise ConfigError(f"model.checkpoint: {cfg.model.checkpoint} has no {' or '.join(TOKENIZER_FILES)}; "
+                              "set data.tokenizer") from None
     out = Path(cfg.data.cache_dir) / f"{kind}-seq{cfg.data.seq_len}{'-heldout-' + _files_key(files) if heldout else ''}"
     if world.rank == 0:
         if not files or not tokenizer or files == ["bundled"]:

@@ -1,4 +1,9 @@
-"""LLaMA-2 in plain PyTorch: embed, a loop of blocks, norm, untied head.
+"""LLaMA in plain PyTorch: embed, a loop of blocks, norm, head.
+
+One model for ADELIE's three bases (engine/model_config.py): Llama-2, Llama-3.x (GQA, scaled
+RoPE, tied head for the small ones) and Qwen2.5 (q/k/v biases, tied head). A tied head is the
+embedding's own Parameter object, so FSDP2 shards it once and fused losses get it as
+`self.output.weight`.
 
 Meta's module names (tok_embeddings, layers.N.attention.wq, feed_forward.w1/w2/w3, ...), so
 Meta checkpoints map one to one and engine/hf_checkpoint.py maps Hugging Face names onto them.
@@ -19,12 +24,21 @@ import torch.nn as nn
 
 import kernels
 from engine.attention import DocMask, attention, build_doc_mask, select_backend
-from engine.model_config import ModelConfig
+from engine.model_config import ModelConfig, RopeScaling
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float, device=None):
-    """cos/sin of p * theta^(-2i/head_dim) for p < seq_len: two fp32 (seq_len, head_dim // 2)."""
+def rope_tables(seq_len: int, head_dim: int, theta: float, device=None, scaling: RopeScaling | None = None):
+    """cos/sin of p * theta^(-2i/head_dim) for p < seq_len: two fp32 (seq_len, head_dim // 2).
+    With `scaling`, the frequencies are Llama-3.1's (as Meta's apply_scaling and HF's "llama3")."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    if scaling is not None:
+        s = scaling
+        wavelen = 2 * math.pi / inv_freq
+        # long wavelengths: stretched by factor; short: kept; the band between: interpolated
+        scaled = torch.where(wavelen > s.original_max_seq_len / s.low_freq_factor, inv_freq / s.factor, inv_freq)
+        smooth = (s.original_max_seq_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+        medium = (wavelen >= s.original_max_seq_len / s.high_freq_factor) & (wavelen <= s.original_max_seq_len / s.low_freq_factor)
+        inv_freq = torch.where(medium, (1 - smooth) * scaled / s.factor + smooth * scaled, scaled)
     angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
     return angles.cos(), angles.sin()
 
@@ -43,9 +57,9 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x, rope, positions, mask: DocMask):
@@ -93,6 +107,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg) for i in range(cfg.n_layers)})
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:  # one Parameter under two names; parameters() yields it once
+            self.output.weight = self.tok_embeddings.weight
         # RoPE cos/sin for positions < max_seq_len, fp32 (filled by init_weights; not saved):
         # built once, not per forward, and never cast (parallel.py keeps block inputs as they are).
         self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
@@ -126,7 +142,8 @@ class Transformer(nn.Module):
     def init_weights(self, seed: int = 0) -> None:
         """Initialise every parameter in place (after `to_empty()`): normal(0, 0.02) for
         matrices, the residual projections (wo, w2) scaled by 1/sqrt(2 * n_layers) so the
-        residual stream's variance does not grow with depth, ones for the norms.
+        residual stream's variance does not grow with depth, ones for the norms, zeros for
+        biases. A tied head is the embedding (named once, as tok_embeddings.weight).
 
         Each parameter draws from its own generator seeded by (seed, index), full-size, and
         keeps its local shard: the same seed gives the same model whatever the sharding.
@@ -134,8 +151,8 @@ class Transformer(nn.Module):
         self.init_rope()
         std_out = 0.02 / math.sqrt(2 * self.cfg.n_layers)
         for i, (name, p) in enumerate(self.named_parameters()):
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
+            if name.endswith(("norm.weight", ".bias")):
+                p.fill_(0.0 if name.endswith(".bias") else 1.0)
                 continue
             std = std_out if name.endswith(("wo.weight", "w2.weight")) else 0.02
             mesh = getattr(p, "device_mesh", None)  # FSDP2 parameters are DTensors
@@ -155,8 +172,17 @@ class Transformer(nn.Module):
         to_empty(), after a load onto meta-built modules, and after a dtype cast of the whole
         model (pure bf16) that rounded them."""
         device = self.rope_cos.device if device is None else device
-        cos, sin = rope_tables(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, device)
+        cos, sin = rope_tables(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, device,
+                               self.cfg.rope_scaling)
         self.rope_cos, self.rope_sin = cos, sin
+
+    def _apply(self, fn, recurse=True):
+        # nn.Module._apply gives each module a new Parameter when the tensor type changes (meta ->
+        # cpu in to_empty), which would untie the head: tie it again. (FSDP2's DTensors keep theirs.)
+        out = super()._apply(fn, recurse)
+        if self.cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        return out
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

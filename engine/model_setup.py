@@ -18,14 +18,16 @@ from engine.run_config import RunConfig
 
 
 def model_config(cfg: RunConfig, vocab_size: int) -> ModelConfig:
-    """The architecture: the checkpoint's config.json, else the preset with the tokenizer's vocabulary."""
+    """The architecture: the checkpoint's config.json, else the preset with the tokenizer's
+    vocabulary. A checkpoint's embedding may have more rows than the tokenizer has ids (Qwen2.5
+    pads 151,665 to 151,936), never fewer."""
     if cfg.model.checkpoint:
         config_path = Path(cfg.model.checkpoint) / "config.json"
         if not config_path.exists():
             raise ConfigError(f"model.checkpoint: {config_path} does not exist")
         mcfg = config_from_hf(json.loads(config_path.read_text()))
-        if mcfg.vocab_size != vocab_size:
-            raise ConfigError(f"model.checkpoint has vocab {mcfg.vocab_size} but the tokenizer {vocab_size}")
+        if mcfg.vocab_size < vocab_size:
+            raise ConfigError(f"model.checkpoint has vocab {mcfg.vocab_size} but the tokenizer {vocab_size} ids")
     else:
         mcfg = build_model_config(cfg.model.preset, vocab_size=vocab_size)
     return dataclasses.replace(mcfg, attn_backend=cfg.model.attn_backend)

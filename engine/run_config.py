@@ -32,7 +32,7 @@ class ModelSection:
     preset: str = "debug"
     """Architecture preset for a fresh model (ignored when `checkpoint` is set)."""
     checkpoint: str = ""
-    """Hugging Face Llama directory to start from; empty = random init from `preset`."""
+    """Hugging Face Llama or Qwen2 directory to start from; empty = random init from `preset`."""
     attn_backend: Literal["auto", "flash", "flex", "sdpa"] = "auto"
     """Attention backend: auto (flash-attn for bf16 > FlexAttention on CUDA, SDPA on CPU), flash, flex, sdpa."""
 
@@ -49,7 +49,7 @@ class DataSection:
     eval_files: list[str] = field(default_factory=list)
     """Held-out files in the training format, scored every `eval_every` steps and at the end (SFT: loss per token; DPO: reward accuracy and margin); [bundled] = the bundled held-out set; empty = none."""
     tokenizer: str = ""
-    """sentencepiece tokenizer.model; empty = the checkpoint's, else the bundled one."""
+    """sentencepiece tokenizer.model or a tokenizer.json (with its tokenizer_config.json beside it); empty = the checkpoint's, else the bundled one."""
     seq_len: int = 512
     """Packed row length in tokens."""
     overlong: Literal["truncate", "drop"] = "truncate"
