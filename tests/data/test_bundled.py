@@ -14,7 +14,7 @@ from data.formats import read_dpo, read_sft
 from data.template import encode_conversation
 from data.tokenizer import Tokenizer
 
-FILES = ("sft", "dpo", "tokenizer")
+FILES = ("sft", "dpo", "heldout", "heldout_dpo", "prompts", "tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,8 @@ def test_reused_when_complete_regenerated_when_not(tmp_path):
     ensure_default_assets(tmp_path, **small)
     assert {k: Path(paths[k]).read_bytes() for k in FILES} == content
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["sft.jsonl", "dpo.json", "tokenizer.model", "manifest.json"])  # no tmp files left
+        ["sft.jsonl", "dpo.json", "heldout.jsonl", "heldout_dpo.json", "prompts.jsonl", "tokenizer.model",
+         "manifest.json"])  # no tmp files left
 
 
 def answer_items(content: str) -> list[tuple[str, str]]:
@@ -130,3 +131,20 @@ def test_tokenizer_round_trips_and_lengths_fit(assets):
     # mostly 60-300 tokens, nothing past the smallest planned seq_len of 256 by much
     assert 60 <= np.median(lengths) <= 300 and np.percentile(lengths, 95) <= 300
     assert lengths.max() <= 512
+
+
+def test_heldout_and_prompt_pool_are_apart_from_training(assets):
+    """No held-out or prompt-pool question occurs in the SFT or DPO training data, nor in each other;
+    the held-out set holds NER, relation and event records, zero- and few-shot."""
+    from data.bundled import prompt_key
+    train = {prompt_key(r) for r in read_sft(assets["sft"])} | {prompt_key(r) for r in json.load(open(assets["dpo"]))}
+    heldout = [json.loads(line) for line in open(assets["heldout"])]
+    pool = [json.loads(line) for line in open(assets["prompts"])]
+    held_keys, pool_keys = {prompt_key(r) for r in heldout}, {prompt_key(r) for r in pool}
+    assert len(held_keys) == len(heldout) and len(pool_keys) == len(pool)
+    assert not held_keys & train and not pool_keys & train and not held_keys & pool_keys
+    assert {r["dataset"] for r in heldout} == {"bundled-ner", "bundled-re", "bundled-ed"}
+    shots = {sum(m["role"] == "assistant" for m in r["messages"]) - 1 for r in heldout}
+    assert 0 in shots and max(shots) >= 1
+    pairs = json.load(open(assets["heldout_dpo"]))
+    assert len(pairs) == len(heldout) and all(p["chosen"] != p["rejected"] for p in pairs)
