@@ -1,13 +1,15 @@
-"""Benchmark best-fit-decreasing packing: the native helper (data._packer) vs its NumPy twin.
+"""Benchmark packing: the native helper (data._packer) vs its NumPy twin.
 
     python -m bench.bench_pack                    # 10M ADELIE-like documents, seq_len 2048
     python -m bench.bench_pack --n 1000000 --rep 5
 
-Both backends are checked to give the same rows before anything is timed. Reported per
-backend and step (pack_bfd, build_row_index): median seconds, nanoseconds and million documents
-per second, extra peak resident memory (bench.common.measure_peak_cpu), and for pack_bfd the
-pad fraction of the packing next to that of the ideal row count ceil(total / seq_len). The
-packer is one sequential pass (a heap and a bit tree per document), so its hardware figure is
+Steps: pack_bfd (best fit decreasing alone), pack_documents (best fit + the repair of the
+emptiest rows: what data/prepare.py runs) and build_row_index. Both backends are checked to
+give the same rows before anything is timed. Reported per backend and step: median seconds,
+nanoseconds and million documents per second, extra peak resident memory
+(bench.common.measure_peak_cpu), and for the packing steps the pad fraction next to that of the
+ideal row count ceil(total / seq_len). The packer is one sequential pass (a heap and a bit tree
+per document; the repair a bitset subset-sum per re-packed row), so its hardware figure is
 documents per second on one core, not FLOP/s. 'speedup' is numpy_s / native_s (target >= 5).
 Rows are appended to bench/results/pack.jsonl with date, git sha, device and versions.
 """
@@ -44,24 +46,30 @@ def main() -> None:
         raise SystemExit("data._packer is not built (pip install -e .); nothing to compare")
 
     lengths = adelie_like_lengths(args.n, args.seq_len, np.random.default_rng(args.seed))
-    rows = pack.pack_bfd(lengths, args.seq_len, backend="native")
-    np.testing.assert_array_equal(rows, pack.pack_bfd(lengths, args.seq_len, backend="numpy"))
-    n_rows = int(rows.max()) + 1
+    packers = {"pack_bfd": pack.pack_bfd, "pack_documents": pack.pack_documents}
+    n_rows = {}
+    for step, packer in packers.items():  # rows: pack_documents', which prepare indexes
+        rows = packer(lengths, args.seq_len, backend="native")
+        np.testing.assert_array_equal(rows, packer(lengths, args.seq_len, backend="numpy"))
+        n_rows[step] = int(rows.max()) + 1
     total = int(lengths.sum())
     ideal_rows = -(-total // args.seq_len)
     shape = f"n={args.n} seq_len={args.seq_len}"
 
     results, seconds = [], {}
-    for step, fn in (("pack_bfd", lambda b: pack.pack_bfd(lengths, args.seq_len, backend=b)),
-                     ("build_row_index", lambda b: pack.build_row_index(rows, lengths, backend=b))):
+    steps = [(step, lambda b, p=packer: p(lengths, args.seq_len, backend=b))
+             for step, packer in packers.items()]
+    steps.append(("build_row_index", lambda b: pack.build_row_index(rows, lengths, backend=b)))
+    for step, fn in steps:
         for backend in ("native", "numpy"):
             ms = time_cpu(lambda: fn(backend), warmup=1 if backend == "native" else 0, rep=args.rep)
             seconds[step, backend] = ms / 1e3
             row = {"step": step, "backend": backend, "shape": shape, "seconds": ms / 1e3,
                    "ns_per_doc": ms * 1e6 / args.n, "mdocs_per_s": args.n / ms / 1e3,
                    "peak_mb": measure_peak_cpu(lambda: fn(backend)) / 2**20}
-            if step == "pack_bfd":
-                row |= {"rows": n_rows, "pad_fraction": 1 - total / (n_rows * args.seq_len),
+            if step in n_rows:
+                row |= {"rows": n_rows[step],
+                        "pad_fraction": 1 - total / (n_rows[step] * args.seq_len),
                         "ideal_pad_fraction": 1 - total / (ideal_rows * args.seq_len)}
             results.append(row)
         for row in results[-2:]:

@@ -36,6 +36,8 @@ from typing import Iterator
 
 import numpy as np
 
+from data.files import open_atomic
+
 LETTER_FREQ = {"e": 12.7, "t": 9.1, "a": 8.2, "o": 7.5, "i": 7.0, "n": 6.7, "s": 6.3, "h": 6.1,
                "r": 6.0, "d": 4.3, "l": 4.0, "c": 2.8, "u": 2.8, "m": 2.4, "w": 2.4, "f": 2.2,
                "g": 2.0, "y": 2.0, "p": 1.9, "b": 1.5, "v": 1.0, "k": 0.8, "j": 0.15, "x": 0.15,
@@ -152,13 +154,12 @@ def synthetic_dpo(n: int, seed: int = 0, scale: float = 1.0,
 
 
 def write_jsonl(records, path: str | os.PathLike) -> str:
+    """Stream records to a JSONL file, atomically (a killed run leaves no half file to reuse)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with open_atomic(path, "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
     return str(path)
 
 

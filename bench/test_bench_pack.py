@@ -2,7 +2,8 @@
 
     python -m pytest bench/test_bench_pack.py --benchmark-group-by=group
 
-Each group times the native helper and the NumPy twin of one step. Before timing, each backend's
+Each group times the native helper and the NumPy twin of one step (pack_bfd, pack_documents,
+build_row_index). Before timing, each backend's
 output is checked against the NumPy twin, so a benchmark of a wrong packer fails instead of
 reporting a time.
 """
@@ -31,6 +32,17 @@ def test_bench_pack_bfd(benchmark, backend):
     np.testing.assert_array_equal(pack.pack_bfd(lengths, SEQ_LEN, backend=backend), rows)
     benchmark.group = f"pack_bfd n={N}"
     benchmark(pack.pack_bfd, lengths, SEQ_LEN, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_bench_pack_documents(benchmark, backend):
+    if backend == "native" and not pack.NATIVE:
+        pytest.skip("data._packer is not built (pip install -e .)")
+    lengths, _ = inputs()
+    want = pack.pack_documents_ref(lengths, SEQ_LEN)
+    np.testing.assert_array_equal(pack.pack_documents(lengths, SEQ_LEN, backend=backend), want)
+    benchmark.group = f"pack_documents n={N}"
+    benchmark(pack.pack_documents, lengths, SEQ_LEN, backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["native", "numpy"])

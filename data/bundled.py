@@ -23,13 +23,13 @@ one wrong type, one missing span, or one invented span (never equal to the gold)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import re
 from pathlib import Path
 
+from data.files import sha256_file, write_atomic
 from data.tokenizer import train_tokenizer
 
 PEOPLE = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Marie Curie", "Niels Bohr", "Emmy Noether",
@@ -283,16 +283,6 @@ def heldout_pairs(seed: int, made: list[tuple[dict, tuple]]) -> list[dict]:
     return pairs
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def ensure_default_assets(cache_dir: str | os.PathLike, seed: int = 0, n_sft: int = 3000,
                           n_dpo: int = 1000, vocab_size: int = 2000, n_heldout: int = 150,
                           n_prompts: int = 400) -> dict[str, str]:
@@ -309,22 +299,22 @@ def ensure_default_assets(cache_dir: str | os.PathLike, seed: int = 0, n_sft: in
     try:
         saved = json.loads(manifest.read_text())
         if saved["settings"] == settings and all(
-                p.is_file() and _sha256(p) == saved["sha256"][k] for k, p in paths.items()):
+                p.is_file() and sha256_file(p) == saved["sha256"][k] for k, p in paths.items()):
             return {k: str(p) for k, p in paths.items()}
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing or stale: (re)generate
     sft, dpo = generate(seed, n_sft, n_dpo)
-    _write_atomic(paths["sft"], "".join(json.dumps(r) + "\n" for r in sft).encode())
-    _write_atomic(paths["dpo"], (json.dumps(dpo, indent=1) + "\n").encode())
+    write_atomic(paths["sft"], "".join(json.dumps(r) + "\n" for r in sft))
+    write_atomic(paths["dpo"], json.dumps(dpo, indent=1) + "\n")
     seen = {prompt_key(r) for r in sft} | {prompt_key(r) for r in dpo}
     heldout = generate_apart(seed + 1_000_003, n_heldout, seen, "test")
     prompts = generate_apart(seed + 2_000_003, n_prompts, seen, "pool")
-    _write_atomic(paths["heldout"], "".join(json.dumps(r) + "\n" for r, _ in heldout).encode())
-    _write_atomic(paths["heldout_dpo"], (json.dumps(heldout_pairs(seed + 3, heldout), indent=1) + "\n").encode())
-    _write_atomic(paths["prompts"], "".join(json.dumps(r) + "\n" for r, _ in prompts).encode())
+    write_atomic(paths["heldout"], "".join(json.dumps(r) + "\n" for r, _ in heldout))
+    write_atomic(paths["heldout_dpo"], json.dumps(heldout_pairs(seed + 3, heldout), indent=1) + "\n")
+    write_atomic(paths["prompts"], "".join(json.dumps(r) + "\n" for r, _ in prompts))
     texts = [f"<|{m['role']}|>\n{m['content']}" for r in sft for m in r["messages"]]
     texts += [m["content"] for r in dpo for m in r["rejected"][-1:]]
     train_tokenizer(texts, vocab_size, paths["tokenizer"])
-    hashes = {k: _sha256(p) for k, p in paths.items()}
-    _write_atomic(manifest, json.dumps({"settings": settings, "sha256": hashes}, indent=1).encode())
+    hashes = {k: sha256_file(p) for k, p in paths.items()}
+    write_atomic(manifest, json.dumps({"settings": settings, "sha256": hashes}, indent=1))
     return {k: str(p) for k, p in paths.items()}

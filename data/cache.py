@@ -1,6 +1,9 @@
-"""Token cache reader: memory-mapped packed rows -> the batch dict the model and losses consume.
+"""The token cache: its layout and version (FORMAT_VERSION), and the reader that builds batches from it.
 
-`data/prepare.py` writes a cache directory; this file owns its layout (FORMAT_VERSION) and reads it.
+The layout is defined here only: data/prepare.py writes it, stamps meta.json with FORMAT_VERSION
+and puts it in the reuse fingerprint; a change to the layout bumps it, and `TokenCache` refuses
+a cache of another version (data.formats.DataError: re-run `python -m data.prepare`). torch is
+imported only where a batch is built, so the writer does not pay for it.
 
 Layout of DIR (D documents, R rows, N real tokens; documents are laid out row by row, so a row is
 one contiguous slice of the token store and a batch needs no per-document gather):
@@ -36,9 +39,14 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from data.formats import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100
@@ -52,7 +60,7 @@ class TokenCache:
         with open(os.path.join(self.path, "meta.json")) as f:
             meta = json.load(f)
         if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{self.path}: cache format {meta.get('format')!r}, this code reads "
+            raise DataError(f"{self.path}: cache format {meta.get('format')!r}, this code reads "
                              f"{FORMAT_VERSION}; re-run `python -m data.prepare`")
         self.meta = meta
         self.kind: str = meta["kind"]
@@ -118,6 +126,8 @@ class TokenCache:
 
     def batch(self, row_indices) -> dict[str, torch.Tensor | int]:
         """The batch dict of these rows (see the module docstring); O(B*T) NumPy, no token loops."""
+        import torch
+
         rows = np.asarray(row_indices, dtype=np.int64).reshape(-1)       # (B,)
         B, T = len(rows), self.seq_len
         starts = self.row_offsets[rows]                                 # (B,)

@@ -15,8 +15,10 @@ character "["), which is parsed element by element so a file of GBs never sits i
   with a system or user turn is a whole conversation and is used as it is; one with only
   assistant turns is a response and is appended to the prompt (minus the prompt's last turn
   when that is an assistant turn: a prompt record that still holds its reference answer).
-Every record is checked; a bad one raises ValueError("FILE:LINE: field: problem") (or
-"FILE[item N]" inside a JSON array).
+Every record is checked; a bad one raises DataError("FILE:LINE: field: problem") (or
+"FILE[item N]" inside a JSON array). DataError is the one exception the data layer raises for
+bad input (records here, missing files and tokenizers in data/prepare.py); it is a ValueError.
+`ROLES` is defined here once; the chat template (data/template.py) renders these roles.
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ from typing import Any, Iterator
 
 ROLES = ("system", "user", "assistant")
 _CHUNK = 1 << 20
+
+
+class DataError(ValueError):
+    """Bad input to the data layer; the message names the file (and line and field when known)."""
 
 
 def _array_items(f, name: str) -> Iterator[tuple[str, Any]]:
@@ -56,7 +62,7 @@ def _array_items(f, name: str) -> Iterator[tuple[str, Any]]:
             return
         if index > 0:
             if c != ",":
-                raise ValueError(f"{name}[item {index}]: expected ',' or ']' in JSON array")
+                raise DataError(f"{name}[item {index}]: expected ',' or ']' in JSON array")
             pos += 1
             skip_ws()
         while True:
@@ -66,7 +72,7 @@ def _array_items(f, name: str) -> Iterator[tuple[str, Any]]:
                     break
             except json.JSONDecodeError as e:
                 if eof:
-                    raise ValueError(f"{name}[item {index}]: invalid JSON: {e.msg}") from None
+                    raise DataError(f"{name}[item {index}]: invalid JSON: {e.msg}") from None
             more()  # the element may continue past the buffer
         yield f"{name}[item {index}]", obj
         pos, index = end, index + 1
@@ -87,21 +93,21 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
             try:
                 yield f"{name}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{name}:{lineno}: invalid JSON: {e.msg}") from None
+                raise DataError(f"{name}:{lineno}: invalid JSON: {e.msg}") from None
 
 
 def _messages(value: Any, where: str, field: str) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: {field}: expected a non-empty list of messages")
+        raise DataError(f"{where}: {field}: expected a non-empty list of messages")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict):
-            raise ValueError(f"{where}: {field}[{i}]: expected an object with role and content")
+            raise DataError(f"{where}: {field}[{i}]: expected an object with role and content")
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise ValueError(f"{where}: {field}[{i}].role: {role!r} is not one of {ROLES}")
+            raise DataError(f"{where}: {field}[{i}].role: {role!r} is not one of {ROLES}")
         if not isinstance(content, str):
-            raise ValueError(f"{where}: {field}[{i}].content: expected a string, got "
+            raise DataError(f"{where}: {field}[{i}].content: expected a string, got "
                              f"{type(content).__name__}")
         out.append({"role": role, "content": content})
     return out
@@ -109,14 +115,14 @@ def _messages(value: Any, where: str, field: str) -> list[dict]:
 
 def _meta(rec: Any, where: str, default_dataset: str, position: int) -> tuple[str, str]:
     if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     key = "dataset" if "dataset" in rec else "datasets"
     dataset = rec.get(key, default_dataset)
     if not isinstance(dataset, str):
-        raise ValueError(f"{where}: {key}: expected a string, got {type(dataset).__name__}")
+        raise DataError(f"{where}: {key}: expected a string, got {type(dataset).__name__}")
     rid = rec.get("id", position)
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise ValueError(f"{where}: id: expected a string or integer, got {type(rid).__name__}")
+        raise DataError(f"{where}: id: expected a string or integer, got {type(rid).__name__}")
     return dataset, str(rid)
 
 
@@ -139,7 +145,7 @@ def _whole(prompt: list[dict] | None, side: list[dict], where: str, field: str) 
     if any(m["role"] != "assistant" for m in side):
         return side  # already a whole conversation
     if prompt is None:
-        raise ValueError(f"{where}: {field}: only assistant turns and no prompt/messages field")
+        raise DataError(f"{where}: {field}: only assistant turns and no prompt/messages field")
     if prompt[-1]["role"] == "assistant":
         prompt = prompt[:-1]  # the prompt record still holds its reference answer
     return prompt + side
@@ -152,7 +158,7 @@ def read_dpo(path: str | os.PathLike) -> Iterator[dict]:
         dataset, rid = _meta(rec, where, stem, position)
         for field in ("chosen", "rejected"):
             if field not in rec:
-                raise ValueError(f"{where}: {field}: missing")
+                raise DataError(f"{where}: {field}: missing")
         prompt = None
         for key in ("messages", "prompt"):
             if rec.get(key) is not None:
@@ -164,11 +170,11 @@ def read_dpo(path: str | os.PathLike) -> Iterator[dict]:
         rejected = _whole(prompt, _side(rec["rejected"], where, "rejected"), where, "rejected")
         for field, conv in (("chosen", chosen), ("rejected", rejected)):
             if conv[-1]["role"] != "assistant":
-                raise ValueError(f"{where}: {field}: last turn is {conv[-1]['role']!r}, "
+                raise DataError(f"{where}: {field}: last turn is {conv[-1]['role']!r}, "
                                  "not an assistant answer")
         if len(chosen) != len(rejected) or chosen[:-1] != rejected[:-1]:
             turn = next((i for i, (c, r) in enumerate(zip(chosen[:-1], rejected[:-1])) if c != r),
                         min(len(chosen), len(rejected)) - 1)
-            raise ValueError(f"{where}: rejected[{turn}]: chosen and rejected must share every "
+            raise DataError(f"{where}: rejected[{turn}]: chosen and rejected must share every "
                              f"turn but the last ({len(chosen)} vs {len(rejected)} turns)")
         yield {"dataset": dataset, "id": rid, "chosen": chosen, "rejected": rejected}

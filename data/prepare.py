@@ -1,39 +1,34 @@
-"""Tokenize SFT / DPO conversations in parallel, pack them into rows, write a token cache.
+"""Build a token cache: tokenize SFT / DPO files in parallel, pack them into rows, write the layout.
 
     python -m data.prepare {sft,dpo} INPUT... --tokenizer PATH --seq-len N --out DIR
         [--workers K] [--overlong truncate|drop] [--seed S]
 
 Steps: read records in input order (data/formats.py) -> encode chunks of them in a process pool
-(data/template.py; each worker loads the tokenizer once; results are consumed in submission
-order, so the cache is byte-identical for any worker count) -> apply the overlong policy ->
-best-fit-decreasing packing (data/pack.py) -> write the layout that data/cache.py documents, plus
-DIR/stats.json.
+(data/encode.py; each worker loads the tokenizer once; results are consumed in submission
+order, so the cache is byte-identical for any worker count) -> pack the examples into rows
+(data/pack.py: best fit decreasing, then a repair of the emptiest rows) -> write the layout that
+data/cache.py owns (FORMAT_VERSION), plus DIR/stats.json.
 
 Reuse: DIR/meta.json holds a fingerprint of everything the bytes depend on: each input's
 absolute path, size and mtime_ns (not a content hash: hashing gigabytes would cost as much as a
 rebuild, and tools that rewrite a file change its mtime), the tokenizer's sha256 (a tokenizer.json
 with the config files beside it that decide BOS/EOS: data.tokenizer.tokenizer_sha256), the
 sha256 of the sources that decide the bytes (data/formats.py, template.py, tokenizer.py,
-pack.py and this file), kind, seq_len, overlong, seed and FORMAT_VERSION. The worker count is
-not in it: it does not change the output. Same fingerprint -> the
-cache is reused (and says so on stderr); anything else -> rebuilt. The build happens in
-DIR.tmp-XXXX and is renamed into place at the end, so a crash never leaves a DIR that looks
-complete (meta.json is written last, inside the temporary directory).
+encode.py, pack.py and this file), kind, seq_len, overlong, seed and FORMAT_VERSION. The worker
+count is not in it: it does not change the output. Same fingerprint -> the cache is reused (and
+says so on stderr); anything else -> rebuilt. The build happens in DIR.tmp-XXXX and is renamed
+into place at the end, so a crash never leaves a DIR that looks complete (meta.json is written
+last, inside the temporary directory).
 
-Overlong examples (more than seq_len tokens; a DPO pair counts len(chosen) + len(rejected),
-since both sequences go in the same row):
-- `drop`: dropped and counted (stats: dropped_overlong).
-- `truncate`, SFT: keep the first seq_len tokens (what encode_conversation(max_len=seq_len)
-  gives). A conversation left with no trained target is dropped (dropped_no_target).
-- `truncate`, DPO: the responses are never cut (a cut response is no longer the answer that was
-  preferred); the shared prompt loses tokens from its left, after BOS, until the pair fits. The
-  prompt keeps at least MIN_PROMPT_TOKENS tokens (fewer no longer say what was asked); a pair
-  whose two responses do not fit next to that is dropped (dropped_overlong). The "prompt" is
-  everything before the final assistant turn's content, identical in chosen and rejected.
+Overlong examples follow `overlong` (data/encode.py: truncate or drop; a DPO pair is one unit).
 
 `seed` only breaks ties: documents are shuffled with it before packing, so which of several
 equally long examples share a row is random instead of following input order. Rows still hold
 their documents in increasing example index.
+
+Bad input (a missing file, a tokenizer that is not one, a malformed record) raises
+data.formats.DataError naming the file (and line and field); the command line prints that message
+alone and exits with status 2.
 """
 from __future__ import annotations
 
@@ -52,25 +47,21 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from data.formats import read_dpo, read_sft
-from data.pack import build_row_index, pack_bfd
-from data.template import encode_conversation, encode_pair
+from data.cache import FORMAT_VERSION
+from data.encode import DROPPED_NO_TARGET, DROPPED_OVERLONG, TRUNCATED, encode_records
+from data.formats import DataError, read_dpo, read_sft
+from data.pack import build_row_index, pack_documents
 from data.tokenizer import Tokenizer, WordCacheTokenizer, tokenizer_sha256
 
-FORMAT_VERSION = 1
-MIN_PROMPT_TOKENS = 16
 CHUNK = 256  # records per pool task: large enough to amortise pickling, small for load balance
 
-# per-record outcome codes (what the workers report; prepare() turns them into stats)
-KEPT, TRUNCATED, DROPPED_OVERLONG, DROPPED_NO_TARGET = 0, 1, 2, 3
-
 # the data/ sources that decide a cache's bytes: an edit to any of them rebuilds caches
-_SOURCES = ("formats.py", "template.py", "tokenizer.py", "pack.py", "prepare.py")
+_SOURCES = ("formats.py", "template.py", "tokenizer.py", "encode.py", "pack.py", "prepare.py")
 
 
-# ----------------------------------------------------------------------------- encoding (workers)
+# ----------------------------------------------------------------------------- workers
 
-_TOK: Tokenizer | None = None
+_TOK: Tokenizer | None = None  # each worker process loads the tokenizer once
 
 
 def _init_worker(tokenizer_path: str) -> None:
@@ -78,81 +69,9 @@ def _init_worker(tokenizer_path: str) -> None:
     _TOK = WordCacheTokenizer(tokenizer_path)
 
 
-def _final_run_start(mask: np.ndarray) -> int:
-    """Index where the last run of targets (the final assistant content + EOS) starts."""
-    last = len(mask) - 1 - int(np.argmax(mask[::-1]))
-    before = np.flatnonzero(~mask[:last])
-    return int(before[-1]) + 1 if len(before) else 0
-
-
-def _truncate_pair(tok: Tokenizer, c: np.ndarray, mc: np.ndarray, r: np.ndarray, mr: np.ndarray,
-                   seq_len: int):
-    """Cut the shared prompt from the left (after BOS) so len(c) + len(r) <= seq_len.
-
-    Returns the cut (c, mc, r, mr), or None when even a MIN_PROMPT_TOKENS prompt does not fit.
-    """
-    if not (mc.any() and mr.any()):
-        return None
-    p = min(_final_run_start(mc), _final_run_start(mr))  # equal when the prompts are shared
-    a, b = len(c) - p, len(r) - p                         # response tokens, never cut
-    keep = (seq_len - a - b) // 2                         # prompt tokens each sequence keeps
-    if keep < min(p, MIN_PROMPT_TOKENS) or keep < 1:
-        return None
-    lead = 1 if c[0] == tok.bos_id else 0                 # BOS stays in front
-    cut = p - keep
-    sel_c = np.r_[0:lead, lead + cut:len(c)]
-    sel_r = np.r_[0:lead, lead + cut:len(r)]
-    return c[sel_c], mc[sel_c], r[sel_r], mr[sel_r]
-
-
 def _encode_chunk(job: tuple) -> tuple:
-    """Encode one chunk of records -> (ids, mask, doc_lens, doc_tgt, status, full_len).
-
-    ids/mask: the kept documents concatenated in record order (DPO: chosen then rejected per
-    pair); doc_lens/doc_tgt: tokens / target tokens per kept document; status/full_len: outcome
-    and untruncated length (DPO: both sequences) per record.
-    """
-    kind, seq_len, overlong, dtype, items = job
-    tok = _TOK
-    ids_out, mask_out, doc_lens, doc_tgt = [], [], [], []
-    status = np.zeros(len(items), dtype=np.int8)
-    full_len = np.zeros(len(items), dtype=np.int64)
-    for i, item in enumerate(items):
-        if kind == "sft":
-            ids, mask = encode_conversation(tok, item)
-            full_len[i] = len(ids)
-            if len(ids) > seq_len:
-                if overlong == "drop":
-                    status[i] = DROPPED_OVERLONG
-                    continue
-                ids, mask = ids[:seq_len], mask[:seq_len]
-                status[i] = TRUNCATED
-            if not mask.any():
-                status[i] = DROPPED_NO_TARGET
-                continue
-            docs = [(ids, mask)]
-        else:
-            (c, mc), (r, mr) = encode_pair(tok, *item)
-            full_len[i] = len(c) + len(r)
-            if len(c) + len(r) > seq_len:
-                cut = None if overlong == "drop" else _truncate_pair(tok, c, mc, r, mr, seq_len)
-                if cut is None:
-                    status[i] = DROPPED_OVERLONG
-                    continue
-                c, mc, r, mr = cut
-                status[i] = TRUNCATED
-            if not (mc.any() and mr.any()):
-                status[i] = DROPPED_NO_TARGET
-                continue
-            docs = [(c, mc), (r, mr)]
-        for ids, mask in docs:
-            ids_out.append(ids)
-            mask_out.append(mask)
-            doc_lens.append(len(ids))
-            doc_tgt.append(int(mask.sum()))
-    cat = lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt)  # noqa: E731
-    return (cat(ids_out, dtype), cat(mask_out, bool), np.asarray(doc_lens, dtype=np.int64),
-            np.asarray(doc_tgt, dtype=np.int64), status, full_len)
+    """One pool task: (kind, seq_len, overlong, dtype, items) -> data.encode.encode_records."""
+    return encode_records(_TOK, *job)
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -257,17 +176,19 @@ def prepare(kind: str, inputs: list[str] | str, tokenizer_path: str, seq_len: in
     on `workers`. See the module docstring for reuse, overlong handling and `seed`.
     """
     if kind not in ("sft", "dpo"):
-        raise ValueError(f"kind must be 'sft' or 'dpo', got {kind!r}")
+        raise DataError(f"kind must be 'sft' or 'dpo', got {kind!r}")
     if overlong not in ("truncate", "drop"):
-        raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
+        raise DataError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
     if int(seq_len) != seq_len or seq_len < 2:
-        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+        raise DataError(f"seq_len must be an integer >= 2, got {seq_len!r}")
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
     if not inputs:
-        raise ValueError("no input files")
+        raise DataError("no input files")
     for p in inputs:
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"input file not found: {p}")
+            raise DataError(f"input file not found: {p}")
+    if not os.path.isfile(tokenizer_path):
+        raise DataError(f"tokenizer file not found: {tokenizer_path}")
     out_dir = os.path.abspath(os.fspath(out_dir))
     fp = fingerprint(kind, inputs, tokenizer_path, seq_len, overlong, seed)
     if _existing_fingerprint(out_dir) == fp:
@@ -370,10 +291,10 @@ def _build(kind, inputs, tokenizer_path, seq_len, overlong, seed, workers, progr
     ex_len = doc_lens.reshape(E, per_ex).sum(1)                       # (E,) tokens per packing unit
     ex_tgt = doc_tgt.reshape(E, per_ex).sum(1)                        # (E,) target tokens
 
-    # pack: seed shuffles the order pack_bfd sees, i.e. only how length ties are broken
+    # pack: seed shuffles the order the packer sees, i.e. only how length ties are broken
     perm = np.random.default_rng(seed).permutation(E)
     row_ids = np.empty(E, dtype=np.int64)
-    row_ids[perm] = pack_bfd(ex_len[perm], seq_len)
+    row_ids[perm] = pack_documents(ex_len[perm], seq_len)
     ex_row_offsets, ex_order = build_row_index(row_ids, ex_len)       # (R+1,), (E,)
     R = len(ex_row_offsets) - 1
 
@@ -407,9 +328,7 @@ def _build(kind, inputs, tokenizer_path, seq_len, overlong, seed, workers, progr
 
     stats = _stats(kind, seq_len, overlong, seed, tok, fp, names, status, full_len, rec_dataset,
                    ex_len, ex_tgt, R)
-    with open(os.path.join(tmp, "stats.json"), "w") as f:
-        json.dump(stats, f, indent=2)
-        f.write("\n")
+    _write_json(os.path.join(tmp, "stats.json"), stats)
     meta = {"format": FORMAT_VERSION, "kind": kind, "seq_len": seq_len,
             "tokenizer": os.path.abspath(tokenizer_path),
             "token_dtype": dtype.name, "pad_id": tok.pad_id, "bos_id": tok.bos_id,
@@ -418,10 +337,15 @@ def _build(kind, inputs, tokenizer_path, seq_len, overlong, seed, workers, progr
             "fingerprint": fp,
             "build": {"workers": workers, "encode_s": round(t_encode, 3),
                       "total_s": round(time.perf_counter() - t0, 3), "unix_time": time.time()}}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:  # last: its presence marks completion
-        json.dump(meta, f, indent=2)
-        f.write("\n")
+    _write_json(os.path.join(tmp, "meta.json"), meta)  # last: its presence marks completion
     return stats
+
+
+def _write_json(path: str, obj: dict) -> None:
+    """Inside the build directory: the directory's rename is what makes the cache appear."""
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def _stats(kind, seq_len, overlong, seed, tok, fp, names, status, full_len, rec_dataset,
@@ -479,9 +403,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overlong", choices=("truncate", "drop"), default="truncate")
     ap.add_argument("--seed", type=int, default=0, help="tie-breaking shuffle before packing")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = ap.parse_args(argv)
-    out = prepare(a.kind, a.inputs, a.tokenizer, a.seq_len, a.out, overlong=a.overlong,
-                  workers=a.workers, seed=a.seed, progress=not a.no_progress)
+    a = ap.parse_args(argv)  # bad arguments: argparse prints usage and exits with 2
+    try:
+        out = prepare(a.kind, a.inputs, a.tokenizer, a.seq_len, a.out, overlong=a.overlong,
+                      workers=a.workers, seed=a.seed, progress=not a.no_progress)
+    except (DataError, OSError) as e:  # the message names the file (line, field): no traceback
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     with open(os.path.join(out, "stats.json")) as f:
         print(f.read(), end="")
 

@@ -46,9 +46,9 @@ from typing import Sequence
 
 import numpy as np
 
+from data.formats import ROLES, DataError
 from data.tokenizer import Tokenizer
 
-ROLES = ("system", "user", "assistant")
 EOS_TEXT = "</s>"
 
 
@@ -61,7 +61,7 @@ def _concat_messages(messages: Sequence[dict], eos: str = EOS_TEXT) -> str:
         elif role in ("system", "user"):
             text += f"<|{role}|>\n" + content + "\n"
         else:
-            raise ValueError(f"invalid role {role!r}")
+            raise DataError(f"invalid role {role!r}, not one of {ROLES}")
     return text
 
 
@@ -93,7 +93,7 @@ def encode_conversation_ref(tok: Tokenizer, messages: Sequence[dict],
                             max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """open-instruct `encode_with_messages_format`, literally (O(turns^2) tokenization)."""
     if not messages:
-        raise ValueError("messages is empty")
+        raise DataError("messages is empty")
     ids = _tokenize_hf(tok, render(messages, tok.eos_text))[:max_len]
     trained = np.ones(len(ids), dtype=bool)
     n = lambda text: min(len(_tokenize_hf(tok, text)), len(ids))  # noqa: E731
@@ -125,7 +125,7 @@ def _pieces(messages: Sequence[dict]) -> list[tuple[str | None, bool]]:
         elif role in ("system", "user"):
             out.append((f"<|{role}|>\n{content}\n", False))
         else:
-            raise ValueError(f"invalid role {role!r}")
+            raise DataError(f"invalid role {role!r}, not one of {ROLES}")
     # The whole text is .strip()ped: drop trailing whitespace (never crosses an EOS).
     while out and out[-1][0] is not None:
         text, trained = out.pop()
@@ -145,7 +145,7 @@ def encode_conversation(tok: Tokenizer, messages: Sequence[dict],
     most max_len tokens.
     """
     if not messages:
-        raise ValueError("messages is empty")
+        raise DataError("messages is empty")
     if not tok.newline_is_boundary:
         return encode_conversation_ref(tok, messages, max_len)
     special = _special_re(tok)

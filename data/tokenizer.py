@@ -57,6 +57,9 @@ from typing import Iterable
 
 import sentencepiece as spm
 
+from data.files import write_atomic
+from data.formats import DataError
+
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # in a checkpoint directory, first found wins
 SIDE_FILES = ("tokenizer_config.json", "generation_config.json")  # read beside a tokenizer.json
 
@@ -99,6 +102,8 @@ def _side_token(value) -> str | None:
 class Tokenizer:
     def __init__(self, model_path: str | os.PathLike):
         self.path = find_tokenizer(model_path)
+        if not os.path.isfile(self.path):
+            raise DataError(f"tokenizer file not found: {self.path}")
         self.kind = "tokenizers" if self.path.endswith(".json") else "sentencepiece"
         self.sp = self.hf = None
         if self.kind == "tokenizers":
@@ -107,14 +112,17 @@ class Tokenizer:
             self._load_sentencepiece()
 
     def _load_sentencepiece(self) -> None:
-        self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        except (OSError, RuntimeError) as e:  # sentencepiece's parse error
+            raise DataError(f"{self.path}: not a sentencepiece model ({e})") from None
         self.vocab_size: int = self.sp.get_piece_size()
         self.bos_id: int | None = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()
         self.unk_id: int | None = self.sp.unk_id()
         self.pad_id: int = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.unk_id
         if min(self.bos_id, self.eos_id) < 0:
-            raise ValueError(f"{self.path}: tokenizer has no BOS or EOS piece")
+            raise DataError(f"{self.path}: tokenizer has no BOS or EOS piece")
         self.bos_text: str | None = self.sp.id_to_piece(self.bos_id)
         self.eos_text: str = self.sp.id_to_piece(self.eos_id)
         # The Hugging Face Llama tokenizer splits these strings out of text as added tokens.
@@ -237,9 +245,7 @@ def train_tokenizer(text_iter: Iterable[str], vocab_size: int, out_path: str | o
         num_threads=1,  # deterministic output
         minloglevel=2,
     )
-    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out_path)
+    write_atomic(out_path, buf.getvalue())
     return str(out_path)
 
 

@@ -120,6 +120,8 @@ class MetricsLogger:
 
 
 def plot_loss(metrics_path: Path, png_path: Path) -> None:
+    """One panel per metric (loss; DPO adds reward_accuracy): the raw per-step values drawn light,
+    and a trailing moving average over them, since a DPO loss is too noisy to read per step."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -127,11 +129,22 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     except ImportError:
         print(f"matplotlib is not installed: no {png_path.name} (metrics are in {metrics_path.name})")
         return
+    import numpy as np
+
     rows = [json.loads(l) for l in metrics_path.read_text().splitlines() if l]
     keys = ["loss"] + (["reward_accuracy"] if rows and "reward_accuracy" in rows[0] else [])
+    steps = np.array([r["step"] for r in rows])
+    window = min(max(len(rows) // 20, 1), 100)  # ~20 windows over the run, at most 100 steps each
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows])
+        values = np.array([r[key] for r in rows], dtype=np.float64)
+        ax.plot(steps, values, color="C0", alpha=0.3, linewidth=0.8, label=key)
+        if window > 1:  # mean of the last `window` values (fewer at the start)
+            csum = np.concatenate([[0.0], np.cumsum(values)])
+            lo = np.maximum(np.arange(1, len(values) + 1) - window, 0)
+            mean = (csum[1:] - csum[lo]) / (np.arange(1, len(values) + 1) - lo)
+            ax.plot(steps, mean, color="C0", linewidth=1.8, label=f"mean of last {window} steps")
+            ax.legend(loc="best", fontsize=8)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from data.formats import read_dpo, read_sft
+from data.formats import DataError, read_dpo, read_sft
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "adelie_samples"
@@ -56,8 +56,12 @@ def test_read_sft_is_lazy(tmp_path):
     path.write_text(good + "\n" + "{broken\n")
     it = read_sft(path)
     assert next(it)["dataset"] == "d"  # the first record comes before the bad line is parsed
-    with pytest.raises(ValueError, match=r"big.jsonl:2: invalid JSON"):
+    with pytest.raises(DataError, match=r"big.jsonl:2: invalid JSON"):
         next(it)
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(DataError, ValueError)  # callers that catch ValueError keep working
 
 
 BAD_SFT = [
@@ -76,11 +80,11 @@ def test_bad_sft_record_names_file_line_and_field(tmp_path, record, pattern):
     path = tmp_path / "bad.jsonl"
     ok = {"dataset": "d", "id": 1, "messages": [{"role": "user", "content": "x"}]}
     path.write_text(json.dumps(ok) + "\n\n" + json.dumps(record) + "\n")
-    with pytest.raises(ValueError, match=rf"bad\.jsonl:3: .*{pattern}"):
+    with pytest.raises(DataError, match=rf"bad\.jsonl:3: .*{pattern}"):
         list(read_sft(path))
     array = tmp_path / "bad.json"
     array.write_text(json.dumps([ok, record]))
-    with pytest.raises(ValueError, match=r"bad.json\[item 1\]"):
+    with pytest.raises(DataError, match=r"bad.json\[item 1\]"):
         list(read_sft(array))
 
 
@@ -130,7 +134,7 @@ def test_bad_dpo_record_names_file_line_and_field(tmp_path, record, pattern):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n"
                     + json.dumps(record) + "\n")
-    with pytest.raises(ValueError, match="bad.jsonl:2" + pattern):
+    with pytest.raises(DataError, match="bad.jsonl:2" + pattern):
         list(read_dpo(path))
 
 
