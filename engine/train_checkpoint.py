@@ -38,6 +38,7 @@ import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
                                                      set_state_dict)
 
+from data.files import write_atomic
 from engine.parallel import barrier
 
 _STEP_DIR = re.compile(r"step-(\d{8})")
@@ -49,13 +50,6 @@ def _rank() -> int:
 
 def _world_size() -> int:
     return tdist.get_world_size() if tdist.is_initialized() else 1
-
-
-def _write_durably(path: Path, data: bytes | str) -> None:
-    with open(path, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -148,13 +142,13 @@ def save_state(root: str | Path, step: int, model: nn.Module, optimizer: torch.o
     if rank == 0:
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        _write_durably(tmp / "meta.json", meta)
+        write_atomic(tmp / "meta.json", meta, durable=True)
         if config_text is not None:
-            _write_durably(tmp / "config.yaml", config_text)
+            write_atomic(tmp / "config.yaml", config_text, durable=True)
     barrier()  # every rank's files are on disk
 
     if rank == 0:
-        _write_durably(tmp / "COMPLETE", f"step {step}\n")
+        write_atomic(tmp / "COMPLETE", f"step {step}\n", durable=True)
         if final.exists():  # saving the same step again: swap, then delete the old one
             stale = final.with_name(final.name + ".stale")
             shutil.rmtree(stale, ignore_errors=True)

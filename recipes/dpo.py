@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from data.files import open_atomic  # noqa: E402
 from engine import fit, launch, parallel  # noqa: E402
 from engine.batching import to_device  # noqa: E402
 from engine.config import ConfigError, parse_config  # noqa: E402
@@ -83,9 +83,8 @@ def reference_logps(cfg: DPOConfig, world: parallel.World, model, cache) -> np.n
     model.train()
     parallel.all_reduce_sum(sums)  # each pair was scored by exactly one rank
     if world.rank == 0:
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, sums.numpy())
-        tmp.replace(path)
+        with open_atomic(path) as f:
+            np.save(f, sums.numpy())
     return sums.numpy()
 
 
