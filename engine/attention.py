@@ -10,6 +10,13 @@ Backends (same result as running each document alone):
   cross documents are skipped, so cost follows the real document lengths.
 - "sdpa":  scaled_dot_product_attention with a dense (B, 1, T, T) boolean mask: the CPU path
   (FlexAttention has no backward on CPU), and the fallback anywhere.
+
+Generation (engine/generate.py) keeps every layer's keys and values in a preallocated KVCache.
+A prefill (prompts from slot 0, right-padded) attends causally with the backend above and keeps
+its keys/values; a decode step writes each row's new token at that row's own position and
+attends over the row's slots up to it ("cache" mask), so rows of different lengths share a batch
+and never see padding: a row's slots past its prompt are overwritten by its own decoded tokens
+before anything attends to them.
 """
 from __future__ import annotations
 
@@ -52,6 +59,45 @@ class DocMask:
     block_mask: object = None                 # flex: a BlockMask
     cu_seqlens: torch.Tensor | None = None    # flash: (S + 1,) int32 over the flattened rows
     max_seqlen: int = 0                       # flash: the longest sequence
+    kv_len: int = 0                           # cache: slots attended (the dense mask is (B, 1, T, kv_len))
+
+
+@dataclass
+class KVCache:
+    """Every layer's keys and values for generation, preallocated: k[i], v[i] are
+    (B, n_kv_heads, S, head_dim) in the compute dtype (GQA: n_kv_heads, not n_heads). Slot s of
+    row b holds the token at position s of row b. `kv_len` is how many slots a decode forward
+    attends: a host int, so every shape is static (CUDA graphs round it up to a block)."""
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    kv_len: int = 0
+
+    @classmethod
+    def allocate(cls, n_layers: int, batch: int, slots: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str) -> "KVCache":
+        shape = (batch, n_kv_heads, slots, head_dim)
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)])
+
+    @property
+    def slots(self) -> int:
+        return self.k[0].shape[2]
+
+    def view(self, rows: int, kv_len: int) -> "KVCache":
+        """The first `rows` rows (views: writes land in this cache), attending `kv_len` slots."""
+        return KVCache([k[:rows] for k in self.k], [v[:rows] for v in self.v], kv_len)
+
+    def copy_rows_(self, src: "KVCache", src_rows: torch.Tensor, dst_rows: torch.Tensor) -> None:
+        """Row dst_rows[j] <- row src_rows[j] of `src` over src's slots (a prompt's prefill
+        copied to each of its samples: copied, not recomputed)."""
+        T = src.slots
+        for dst, s in zip(self.k + self.v, src.k + src.v):
+            dst[:, :, :T].index_copy_(0, dst_rows, s.index_select(0, src_rows))
+
+    def move_rows_(self, src_rows: torch.Tensor, dst_rows: torch.Tensor) -> None:
+        """Row dst_rows[j] <- row src_rows[j] within this cache (compaction); all slots."""
+        for t in self.k + self.v:
+            t.index_copy_(0, dst_rows, t.index_select(0, src_rows))
 
 
 def cu_seqlens_from_doc_ids(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -83,6 +129,43 @@ def build_doc_mask(backend: str, doc_ids: torch.Tensor | None, T: int, device: t
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
     return DocMask(backend, doc_ids, dense=(same_doc & causal)[:, None])  # (B, 1, T, T)
+
+
+def build_cache_mask(positions: torch.Tensor, kv_len: int) -> DocMask:
+    """Decode over a KVCache: the token at position p of row b sees slots 0..p of row b.
+    positions (B, T) -> a (B, 1, T, kv_len) boolean mask."""
+    slots = torch.arange(kv_len, device=positions.device)
+    return DocMask("cache", dense=(slots <= positions[:, :, None])[:, None], kv_len=kv_len)
+
+
+def cached_attention(q, k, v, k_cache, v_cache, positions, mask: DocMask):
+    """Attention that keeps this forward's keys/values in one layer's cache (B, Hk, S, D).
+    Prefill (mask from build_doc_mask, positions None): the rows start at slot 0; causal
+    attention over the new tokens, whose keys/values fill slots [0, T). Decode ("cache" mask):
+    token t of row b is written to slot positions[b, t] and attends over slots [0, kv_len)."""
+    k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, T, D): the cache's layout
+    if mask.backend != "cache":
+        T = k.shape[2]
+        k_cache[:, :, :T].copy_(k)
+        v_cache[:, :, :T].copy_(v)
+        return attention(q, k.transpose(1, 2), v.transpose(1, 2), mask)
+    index = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])  # (B, Hk, T, D)
+    k_cache.scatter_(2, index, k)
+    v_cache.scatter_(2, index, v)
+    return _sdpa_cached(q, k_cache[:, :, :mask.kv_len], v_cache[:, :, :mask.kv_len], mask.dense)
+
+
+def _sdpa_cached(q, k, v, dense):
+    """q (B, T, Hq, D) over cached k/v (B, Hk, S, D) with a (B, 1, T, S) mask -> (B, T, Hq, D)."""
+    B, T, Hq, D = q.shape
+    Hk = k.shape[1]
+    if T == 1:
+        # One query per row: fold each KV head's group of query heads into the query axis
+        # (heads g*Hq/Hk .. (g+1)*Hq/Hk - 1 share KV head g), so GQA needs no repeated keys.
+        out = F.scaled_dot_product_attention(q.reshape(B, Hk, Hq // Hk, D), k, v, attn_mask=dense)
+        return out.reshape(B, 1, Hq, D)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=dense, enable_gqa=Hq != Hk)
+    return out.transpose(1, 2)
 
 
 def attention(q, k, v, mask: DocMask):
