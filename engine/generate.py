@@ -311,20 +311,29 @@ class _Generator:
         return any(s in tail for s in self.settings.stop)
 
     def _finish(self, request: Request, sample_index: int, tokens: list[int]) -> Completion:
-        reason = "stop" if tokens and tokens[-1] == self.eos_id else "length"
-        body = tokens[:-1] if reason == "stop" else tokens
-        if self.tokenizer is None:
-            return Completion(request, sample_index, tokens, "", reason)
-        text = self.tokenizer.decode(body)
-        cut = min((i for i in (text.find(s) for s in self.settings.stop) if i >= 0), default=-1)
-        if cut >= 0:  # the fewest tokens whose text holds a stop string (binary search)
-            lo, hi = 1, len(body)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                part = self.tokenizer.decode(body[:mid])
-                lo, hi = (lo, mid) if any(s in part for s in self.settings.stop) else (mid + 1, hi)
-            tokens, text, reason = body[:lo], text[:cut], "stop"
-        return Completion(request, sample_index, tokens, text, reason)
+        return Completion(request, sample_index, *finish_sample(tokens, self.tokenizer, self.eos_id, self.settings.stop))
+
+
+def finish_sample(tokens: list[int], tokenizer, eos_id: int, stop: list[str],
+                  stopped: bool | None = None) -> tuple[list[int], str, str]:
+    """(token_ids, text, finish_reason) of a finished sample: the text without EOS and cut
+    before the first stop string, the tokens up to the end of that stop string (the fewest
+    whose text holds it). stopped: the backend's own verdict (vLLM), else EOS decides."""
+    ended = tokens[-1:] == [eos_id]
+    reason = "stop" if (ended if stopped is None else stopped) else "length"
+    body = tokens[:-1] if ended else tokens
+    if tokenizer is None:
+        return tokens, "", reason
+    text = tokenizer.decode(body)
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    if cut >= 0:
+        lo, hi = 1, len(body)  # binary search: holding a stop string only grows with the prefix
+        while lo < hi:
+            mid = (lo + hi) // 2
+            part = tokenizer.decode(body[:mid])
+            lo, hi = (lo, mid) if any(s in part for s in stop) else (mid + 1, hi)
+        tokens, text, reason = body[:lo], text[:cut], "stop"
+    return tokens, text, reason
 
 
 def _ladder(rows: int, cap: int) -> int:
