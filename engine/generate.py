@@ -97,21 +97,22 @@ def build_generation_model(checkpoint: str, device: torch.device, dtype: torch.d
     return model.eval().requires_grad_(False)
 
 
-def cache_rows(model: Transformer, settings, slots: int, samples: int, device: torch.device) -> int:
-    """Rows of the KV cache: batch_size x n, at most `samples`, and on CUDA at most what
-    settings.cache_memory_fraction of the free memory holds (but never fewer than n)."""
-    rows = min(settings.batch_size * settings.n, samples)
+def cache_rows(model: Transformer, settings, slots: int, n: int, samples: int, device: torch.device) -> int:
+    """Rows of the KV cache: batch_size x n (n: the most samples a prompt wants), at most
+    `samples`, and on CUDA at most what settings.cache_memory_fraction of the free memory
+    holds (but never fewer than n)."""
+    rows = min(settings.batch_size * n, samples)
     if device.type == "cuda":
         cfg = model.cfg
         elem = next(model.parameters()).element_size()
         per_row = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * slots * elem
         free, _ = torch.cuda.mem_get_info(device)
         fit = int(settings.cache_memory_fraction * free) // per_row
-        if fit < min(settings.n, rows):
-            raise RuntimeError(f"the KV cache for {settings.n} rows of {slots} slots needs "
-                               f"{settings.n * per_row / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free; "
+        if fit < n:
+            raise RuntimeError(f"the KV cache for {n} rows of {slots} slots needs "
+                               f"{n * per_row / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free; "
                                "lower generate.n or generate.max_new_tokens, or use generate.backend=vllm")
-        rows = min(rows, max(fit, settings.n))
+        rows = min(rows, max(fit, n))
     return max(rows, 1)
 
 
@@ -141,9 +142,8 @@ def generate(model: Transformer, requests: list[Request], settings, tokenizer=No
         raise ValueError(f"a prompt of {longest} tokens leaves no room under max_seq_len {cfg.max_seq_len}")
     device = model.tok_embeddings.weight.device
     slots = min(longest + settings.max_new_tokens, cfg.max_seq_len)
-    rows = cache_rows(model, settings, slots, sum(len(r.samples) for r in requests), device)
-    if max(len(r.samples) for r in requests) > rows:
-        raise ValueError(f"a prompt wants more samples than the {rows} rows of the cache")
+    n = max(len(r.samples) for r in requests)
+    rows = cache_rows(model, settings, slots, n, sum(len(r.samples) for r in requests), device)
     yield from _Generator(model, settings, tokenizer, seed, eos_id, rows, slots).run(requests)
 
 
