@@ -44,6 +44,8 @@ from engine.model import Transformer
 from engine.sampling import sample_key, sample_next
 
 KV_BLOCK = 256  # CUDA graphs: attended slots are rounded up to a multiple of this
+SEGMENT_ROWS = 4  # eager decode: rows attend in groups of at least this many, each to its own kv_len
+PREFILL_PAD_WASTE = 0.2  # a prefill forward takes prompts no shorter than (1 - this) x its longest
 
 
 @dataclass
@@ -144,11 +146,13 @@ def generate(model: Transformer, requests: list[Request], settings, tokenizer=No
     slots = min(longest + settings.max_new_tokens, cfg.max_seq_len)
     n = max(len(r.samples) for r in requests)
     rows = cache_rows(model, settings, slots, n, sum(len(r.samples) for r in requests), device)
-    yield from _Generator(model, settings, tokenizer, seed, eos_id, rows, slots).run(requests)
+    graphs = device.type == "cuda" and settings.cuda_graphs  # never on CPU
+    yield from _Generator(model, settings, tokenizer, seed, eos_id, rows, slots, graphs).run(requests)
 
 
 class _Generator:
-    def __init__(self, model: Transformer, settings, tokenizer, seed: int, eos_id: int, rows: int, slots: int):
+    def __init__(self, model: Transformer, settings, tokenizer, seed: int, eos_id: int, rows: int, slots: int,
+                 graphs: bool):
         self.model, self.settings, self.tokenizer, self.seed, self.eos_id = model, settings, tokenizer, seed, eos_id
         self.device = device = model.tok_embeddings.weight.device
         cuda = device.type == "cuda"
@@ -165,15 +169,16 @@ class _Generator:
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.pos_bound = np.zeros(rows, dtype=np.int64)
         self.span = rows  # decode steps run on rows [0, span)
-        self.graphs = _GraphSteps(self._step, self.st, settings.compile) if cuda and settings.cuda_graphs else None
+        self.graphs = _GraphSteps(self._step, self.st, settings.compile) if graphs else None
         self.stop_margin = 4 * max((len(s) for s in settings.stop), default=0) + 2
 
     # ------------------------------------------------------------------ the decode step
-    def _step(self, rows: int, kv_len: int) -> None:
+    def _step(self, rows: int, kv_len: int, segments: tuple = ()) -> None:
         """One token for rows [0, rows): device work only, in place on self.st and the cache."""
         st, s = self.st, self.settings
         tokens, pos, gen, done = st.tokens[:rows], st.pos[:rows], st.gen[:rows], st.done[:rows]
-        logits = self.model(tokens[:, None], positions=pos[:, None], cache=self.cache.view(rows, kv_len))[:, 0]
+        cache = self.cache.view(rows, kv_len, segments)
+        logits = self.model(tokens[:, None], positions=pos[:, None], cache=cache)[:, 0]
         nxt = sample_next(logits, st.keys[:rows], gen, s.temperature, s.top_k, s.top_p)
         live = ~done
         nxt = torch.where(live, nxt, -1)
@@ -185,10 +190,26 @@ class _Generator:
         tokens.copy_(nxt.clamp(min=0))
 
     def _kv_len(self) -> int:
+        """Slots the next step attends: every slot with flash-attn (it reads each row's own
+        length), else the longest row's, rounded up to a block for CUDA graphs."""
+        if self.model.attn_backend == "flash":
+            return self.S
         kv = int(self.pos_bound[:self.span].max()) + 1
         if self.graphs is not None:
             kv = -(-kv // KV_BLOCK) * KV_BLOCK
         return min(kv, self.S)
+
+    def _segments(self) -> tuple:
+        """Eager decode: ((row_end, kv_len), ...) for groups of consecutive rows, so rows shorter
+        than the longest read less of the cache (rows are admitted longest first, so neighbours
+        have similar lengths). Nothing when there are too few rows to split."""
+        span = self.span
+        if span < 2 * SEGMENT_ROWS:
+            return ()
+        size = max(SEGMENT_ROWS, -(-span // 4))
+        starts = np.arange(0, span, size)
+        kv = np.maximum.reduceat(self.pos_bound[:span], starts) + 1
+        return tuple(zip(np.minimum(starts + size, span).tolist(), kv.tolist()))
 
     # ------------------------------------------------------------------ the loop
     def run(self, requests: list[Request]) -> Iterator[list[Completion]]:
@@ -207,7 +228,7 @@ class _Generator:
                 if self.graphs is not None:
                     self.graphs.run(self.span, kv_len)
                 else:
-                    self._step(self.span, kv_len)
+                    self._step(self.span, kv_len, self._segments())
                 np.minimum(self.pos_bound + 1, self.S - 1, out=self.pos_bound)
             finished = self._check()
             if finished:
@@ -220,7 +241,8 @@ class _Generator:
             group, width = [], len(queue[-1].ids)  # the longest waiting prompt sets the padding
             n_rows = 0
             while (queue and n_rows + len(queue[-1].samples) <= len(free)
-                   and (not group or (len(group) + 1) * width <= self.settings.prefill_tokens)):
+                   and (not group or ((len(group) + 1) * width <= self.settings.prefill_tokens
+                                      and len(queue[-1].ids) >= (1 - PREFILL_PAD_WASTE) * width))):
                 group.append(queue.pop())
                 n_rows += len(group[-1].samples)
             self._prefill(group, free[:n_rows])

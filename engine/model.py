@@ -123,7 +123,7 @@ class Transformer(nn.Module):
         if self.attn_backend is None:
             self.attn_backend = select_backend(h.device, self.cfg.attn_backend, h.dtype)
         if cache is not None and positions is not None:
-            mask = build_cache_mask(positions, cache.kv_len)
+            mask = build_cache_mask(self.attn_backend, positions, cache)
         else:
             mask = build_doc_mask(self.attn_backend, doc_ids, T, h.device, cu_seqlens, max_seqlen)
         rope = (self.rope_cos, self.rope_sin)
