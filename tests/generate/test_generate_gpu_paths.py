@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import engine.generate as gen_mod
 import engine.model as model_mod
 from engine import attention as attn_mod
-from engine.generate import KV_BLOCK, Request, _Generator, generate
+from engine.generate import KV_BLOCK, Generator, Request, generate
 from engine.run_config import GenerateSection
 from gen_utils import tiny_model
 
@@ -55,8 +55,9 @@ def test_graph_bookkeeping_gives_the_eager_samples(monkeypatch):
 
     monkeypatch.setattr(gen_mod, "_GraphSteps", EagerGraphs)
     slots = max(map(len, ps)) + 20
-    g = _Generator(model, settings, None, 0, 17, 6, slots, graphs=True)
+    g = Generator(model, settings, rows=6, slots=slots, eos_id=17, graphs=True)
     got = collect(g.run(requests(ps, 2)))
+    assert collect(g.run(requests(ps, 2))) == want  # reused: same cache, same graphs
     assert got == want
     assert {r for r, _ in seen} >= {6} and min(r for r, _ in seen) < 6  # compaction ran on fewer rows
 
