@@ -261,7 +261,7 @@ class GenerateSection:
     compile: bool = False
     """CUDA: torch.compile the decode step before capturing it; ignored on CPU."""
     tensor_parallel: int = 1
-    """vllm: GPUs per model copy, for a model that does not fit one GPU (launch one process)."""
+    """vllm: GPUs the model is split over (tensor parallelism), for a model that does not fit one GPU; vllm runs in one launched process."""
 
     def validate(self) -> None:
         checks = [("n", self.n >= 1, ">= 1"), ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),
@@ -276,10 +276,13 @@ class GenerateSection:
                 raise ConfigError(f"generate.{key} must be {what}, got {getattr(self, key)}")
         if any(not s for s in self.stop):
             raise ConfigError("generate.stop: an empty stop string would end every sample at once")
-        if self.tensor_parallel > 1 and (self.backend != "vllm" or launch_world_size() > 1):
-            raise ConfigError("generate.tensor_parallel > 1 needs generate.backend=vllm and a single launched "
-                              f"process (vLLM starts its own workers); got backend={self.backend}, "
-                              f"{launch_world_size()} processes")
+        if self.tensor_parallel > 1 and self.backend != "vllm":
+            raise ConfigError("generate.tensor_parallel > 1 needs generate.backend=vllm (each engine rank "
+                              "holds a full model copy)")
+        if self.backend == "vllm" and launch_world_size() > 1:
+            raise ConfigError(f"generate.backend=vllm runs its own workers: launch one process (python "
+                              f"recipes/generate.py ...), not {launch_world_size()}, and spread the model over "
+                              "GPUs with generate.tensor_parallel")
 
 
 @dataclass

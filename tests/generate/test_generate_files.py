@@ -159,6 +159,14 @@ def test_config_keys_are_checked_at_parse_time():
             parse_config(recipe.CONFIG, ["model.checkpoint=x", arg])
 
 
+def test_vllm_runs_in_one_process(monkeypatch):
+    from engine.config import parse_config
+    parse_config(recipe.CONFIG, ["model.checkpoint=x", "generate.backend=vllm", "generate.tensor_parallel=4"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="launch one process"):
+        parse_config(recipe.CONFIG, ["model.checkpoint=x", "generate.backend=vllm"])
+
+
 def test_prompts_longer_than_the_model_are_reported(tmp_path, tokenizer):
     path = bad_file(tmp_path, {"id": 2, "messages": [{"role": "user", "content": "word " * 200}]})
     with pytest.raises(ConfigError, match=r"bad\.jsonl:2: the prompt is \d+ tokens"):
