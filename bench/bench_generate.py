@@ -14,10 +14,12 @@ Settings: greedy, exactly --new-tokens new tokens per prompt (EOS off on both si
 in one batch (ours: batch_size = batch), as the issue asks: batch 16, 128 new tokens.
 Reported per case: generated tokens/s = batch x new tokens / wall time of the whole call (prefill
 included), and the fraction of prompts whose greedy ids agree with transformers'. The summary row
-has ours / transformers. On CUDA also the decode rate alone, from two runs:
+has ours / transformers. Also the decode rate alone, from two runs:
 step = (t(N new) - t(1 new)) / (N - 1), decode tokens/s = batch / step, and its fraction of the
-HBM roofline: each step reads every weight but the embedding table, plus the KV cache in use
-(2 x layers x kv heads x head_dim x mean attended length x batch x 2 bytes), at 4.8 TB/s (H200).
+memory roofline: each step reads every weight but the embedding table, plus the KV cache in use
+(2 x layers x kv heads x head_dim x mean attended length x batch x element bytes; what each row
+needs, not what padding makes an implementation read), at the HBM bandwidth on CUDA (H200
+4.8 TB/s) or, on CPU, at this process's measured copy bandwidth (a 256 MiB clone, read + write).
 Timing: CPU wall clock, cases round robin, median of --rep after a warm-up, 1 thread by default
 (the 2-core machine is shared); CUDA wall clock around synchronize, median of --rep.
 Targets: CPU ours >= 2x transformers on debug, not slower on llama2-100m.
@@ -138,25 +140,34 @@ def bench_preset(preset: str, batch: int, new_tokens: int, device: torch.device,
         sec = statistics.median(times[name])
         row = {**common, "case": name, "seconds": sec, "tokens_per_s": batch * new_tokens / sec,
                "greedy_match": sum(a == b for a, b in zip(ids[name], ids["transformers"])) / batch}
-        if device.type == "cuda":
-            row.update(decode_rate(cases[name], ours.cfg, ours, prompts, new_tokens, device, rep))
+        row.update(decode_rate(cases[name], ours, prompts, new_tokens, device, rep))
         rows.append(row)
     rows.append({**common, "case": "summary", "speedup": rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]})
     return rows
 
 
-def decode_rate(fn, cfg, model, prompts, new_tokens: int, device: torch.device, rep: int) -> dict:
-    """Decode-only tokens/s and its fraction of the HBM roofline (module docstring)."""
+def memory_bandwidth(device: torch.device) -> float:
+    """Bytes/s: the data-sheet HBM rate on CUDA, a measured copy rate on CPU."""
+    if device.type == "cuda":
+        return next((v for k, v in HBM_BYTES_PER_S.items() if k in torch.cuda.get_device_name(device)), 4.8e12)
+    x = torch.empty(64 * 2**20, dtype=torch.float32).fill_(1.0)
+    sec = statistics.median(timed(x.clone, device) for _ in range(5))
+    return 2 * x.numel() * 4 / sec
+
+
+def decode_rate(fn, model, prompts, new_tokens: int, device: torch.device, rep: int) -> dict:
+    """Decode-only tokens/s and its fraction of the memory roofline (module docstring)."""
     t1 = statistics.median(timed(lambda: fn(1), device) for _ in range(rep))
     tn = statistics.median(timed(lambda: fn(new_tokens), device) for _ in range(rep))
     step = (tn - t1) / (new_tokens - 1)
-    B = len(prompts)
+    cfg, B = model.cfg, len(prompts)
+    elem = model.tok_embeddings.weight.element_size()
     weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "tok_embeddings" not in n)
     mean_len = statistics.mean(len(p) for p in prompts) + new_tokens / 2
-    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * mean_len * B * 2
-    hbm = next((v for k, v in HBM_BYTES_PER_S.items() if k in torch.cuda.get_device_name(device)), 4.8e12)
-    return {"decode_tokens_per_s": B / step, "decode_step_ms": step * 1e3,
-            "bytes_per_step_gb": (weights + kv) / 1e9, "hbm_roofline_pct": 100 * (weights + kv) / hbm / step}
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * mean_len * B * elem
+    bandwidth = memory_bandwidth(device)
+    return {"decode_tokens_per_s": B / step, "decode_step_ms": step * 1e3, "bytes_per_step_mb": (weights + kv) / 1e6,
+            "mem_gbps": bandwidth / 1e9, "mem_roofline_pct": 100 * (weights + kv) / bandwidth / step}
 
 
 def main(argv=None):
