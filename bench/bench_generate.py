@@ -16,10 +16,13 @@ Reported per case: generated tokens/s = batch x new tokens / wall time of the wh
 included), and the fraction of prompts whose greedy ids agree with transformers'. The summary row
 has ours / transformers. Also the decode rate alone, from two runs:
 step = (t(N new) - t(1 new)) / (N - 1), decode tokens/s = batch / step, and its fraction of the
-memory roofline: each step reads every weight but the embedding table, plus the KV cache in use
-(2 x layers x kv heads x head_dim x mean attended length x batch x element bytes; what each row
-needs, not what padding makes an implementation read), at the HBM bandwidth on CUDA (H200
-4.8 TB/s) or, on CPU, at this process's measured copy bandwidth (a 256 MiB clone, read + write).
+roofline that binds it. CUDA, memory: each step reads every weight but the embedding table plus
+the KV cache in use (2 x layers x kv heads x head_dim x mean attended length x batch x element
+bytes: what each row needs, not what padding makes an implementation read) at the HBM rate
+(H200 4.8 TB/s). CPU, compute (a batch-16 step is compute-bound there: a 16-row fp32 GEMM streams
+its weights at ~6 GB/s while a read-only pass runs at ~30): 2 x batch x (matmul weights) + 4 x
+batch x layers x dim x mean attended length FLOPs per step at the measured fp32 matmul rate
+(engine.log.measure_matmul_flops, the rate the training loop's CPU MFU uses).
 Timing: CPU wall clock, cases round robin, median of --rep after a warm-up, 1 thread by default
 (the 2-core machine is shared); CUDA wall clock around synchronize, median of --rep.
 Targets: CPU ours >= 2x transformers on debug, not slower on llama2-100m.
@@ -39,6 +42,7 @@ import torch
 from bench.common import append_results
 from engine.generate import Generator, Request, build_generation_model
 from engine.hf_checkpoint import save_hf
+from engine.log import measure_matmul_flops
 from engine.model import build_model
 from engine.model_config import PRESETS, ModelConfig
 from engine.run_config import GenerateSection
@@ -146,15 +150,6 @@ def bench_preset(preset: str, batch: int, new_tokens: int, device: torch.device,
     return rows
 
 
-def memory_bandwidth(device: torch.device) -> float:
-    """Bytes/s: the data-sheet HBM rate on CUDA, a measured copy rate on CPU."""
-    if device.type == "cuda":
-        return next((v for k, v in HBM_BYTES_PER_S.items() if k in torch.cuda.get_device_name(device)), 4.8e12)
-    x = torch.empty(64 * 2**20, dtype=torch.float32).fill_(1.0)
-    sec = statistics.median(timed(x.clone, device) for _ in range(5))
-    return 2 * x.numel() * 4 / sec
-
-
 def decode_rate(fn, model, prompts, new_tokens: int, device: torch.device, rep: int) -> dict:
     """Decode-only tokens/s and its fraction of the memory roofline (module docstring)."""
     t1 = statistics.median(timed(lambda: fn(1), device) for _ in range(rep))
@@ -165,9 +160,14 @@ def decode_rate(fn, model, prompts, new_tokens: int, device: torch.device, rep: 
     weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "tok_embeddings" not in n)
     mean_len = statistics.mean(len(p) for p in prompts) + new_tokens / 2
     kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * mean_len * B * elem
-    bandwidth = memory_bandwidth(device)
-    return {"decode_tokens_per_s": B / step, "decode_step_ms": step * 1e3, "bytes_per_step_mb": (weights + kv) / 1e6,
-            "mem_gbps": bandwidth / 1e9, "mem_roofline_pct": 100 * (weights + kv) / bandwidth / step}
+    row = {"decode_tokens_per_s": B / step, "decode_step_ms": step * 1e3, "bytes_per_step_mb": (weights + kv) / 1e6}
+    if device.type == "cuda":
+        hbm = next((v for k, v in HBM_BYTES_PER_S.items() if k in torch.cuda.get_device_name(device)), 4.8e12)
+        return {**row, "roofline": "hbm", "roofline_pct": 100 * (weights + kv) / hbm / step}
+    flops = 2 * B * weights / elem + 4 * B * cfg.n_layers * cfg.dim * mean_len
+    peak = statistics.median(measure_matmul_flops(device) for _ in range(3))
+    return {**row, "gflops_per_step": flops / 1e9, "roofline": "fp32_matmul", "peak_gflops": peak / 1e9,
+            "roofline_pct": 100 * flops / peak / step}
 
 
 def main(argv=None):
