@@ -8,9 +8,10 @@ How one rank runs (engine/generate_files.py wraps this in files, shards and resu
   memory is short, never more than there are samples) and S slots = the longest prompt +
   max_new_tokens (at most the model's max_seq_len), allocated once, GQA-sized, in the model's
   dtype. Requests are taken longest prompt first, so similar lengths decode together.
-- Admission: waiting prompts fill free rows. They are prefilled together, right-padded (causal,
-  so no real token sees padding), at most settings.prefill_tokens padded tokens per forward,
-  and only each prompt's last real position goes through the head. A prompt's keys/values are
+- Admission: waiting prompts fill free rows. They are prefilled in length buckets (a forward
+  takes prompts within PREFILL_PAD_WASTE of its longest, at most settings.prefill_tokens padded
+  tokens), right-padded (causal, so no real token sees padding), and only each prompt's last
+  real position goes through the head. A prompt's keys/values are
   copied into each of its samples' rows (n samples share one prefill) and each row's first
   token is sampled from the prompt's logits.
 - Decode: every row advances one token per step at its own position. A step is device work
@@ -20,9 +21,13 @@ How one rank runs (engine/generate_files.py wraps this in files, shards and resu
   sample, looks for stop strings, yields the finished samples, and refills their rows with
   waiting prompts (continuous batching). When nothing waits and at most half the rows are
   busy, the busy rows move to the front and steps run on fewer rows.
+- Decode attention reads only what rows use: with flash-attn, each row's own length
+  (flash_attn_with_kvcache); on CPU, rows in groups of consecutive rows, each group up to its
+  longest row; otherwise up to the longest row.
 - CUDA: each decode step replays a CUDA graph captured per (rows, kv block): attention covers
-  the slots in use rounded up to a block of 256 (static shapes), optionally torch.compile'd
-  first (settings.compile). CPU runs the same step eagerly over exactly the slots in use.
+  the slots in use rounded up to a block of 256 (static shapes; all slots with flash-attn),
+  optionally torch.compile'd first (settings.compile). CPU never takes graphs or compile: it
+  runs the same step eagerly. `Generator` keeps the cache and the graphs for reuse.
 
 Reproducibility: a sample's noise depends only on (seed, dataset, prompt id, sample index) and
 the token's index in the sample (engine/sampling.py), so batch size, order, admission time and
