@@ -14,6 +14,17 @@ Backends (same result as running each document alone):
   (FlexAttention has no backward on CPU), and the fallback anywhere.
 Whatever the backend, the mask is built once per forward (build_doc_mask) and handed to every
 layer, so neither layers nor activation-checkpoint recomputes rebuild it.
+
+Generation (engine/generate.py) keeps every layer's keys and values in a preallocated KVCache.
+A prefill (prompts from slot 0, right-padded) attends causally with the backend above and keeps
+its keys/values; a decode step writes each row's new token at that row's own position and
+attends over the row's slots up to it ("cache" mask), so rows of different lengths share a batch
+and never see padding: a row's slots past its prompt are overwritten by its own decoded tokens
+before anything attends to them. Decode attention reads the cache, which at long contexts
+outweighs the weights, so it reads as little of it as it can: with flash-attn,
+flash_attn_with_kvcache reads each row's own length; otherwise SDPA reads slots [0, kv_len), and
+rows may be split into segments (consecutive rows, each with its own kv_len) so that short rows
+do not read as far as the longest.
 """
 from __future__ import annotations
 
@@ -24,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 try:  # optional: only installable on CUDA machines
-    from flash_attn import flash_attn_varlen_func
+    from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
 except ImportError:  # pragma: no cover - depends on the machine
-    flash_attn_varlen_func = None
+    flash_attn_varlen_func = flash_attn_with_kvcache = None
 
 BACKENDS = ("auto", "flash", "flex", "sdpa")
 
@@ -56,6 +67,51 @@ class DocMask:
     block_mask: object = None                 # flex: a BlockMask
     cu_seqlens: torch.Tensor | None = None    # flash: (S + 1,) int32 over the flattened rows
     max_seqlen: int = 0                       # flash: the longest sequence
+    kv_len: int = 0                           # cache: slots attended (the dense mask is (B, 1, T, kv_len))
+    segments: tuple = ()                      # cache: ((row_end, kv_len), ...) over consecutive rows
+    cache_seqlens: torch.Tensor | None = None  # cache with flash: (B,) int32 slots in use per row
+
+
+@dataclass
+class KVCache:
+    """Every layer's keys and values for generation, preallocated: k[i], v[i] are
+    (B, n_kv_heads, S, head_dim) in the compute dtype (GQA: n_kv_heads, not n_heads). Slot s of
+    row b holds the token at position s of row b. `kv_len` is how many slots a decode forward
+    attends: a host int, so every shape is static (CUDA graphs round it up to a block).
+    `segments` ((row_end, kv_len), ...), optional, lets consecutive groups of rows attend fewer
+    slots each (the last row_end is the batch)."""
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    kv_len: int = 0
+    segments: tuple = ()
+
+    @classmethod
+    def allocate(cls, n_layers: int, batch: int, slots: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str) -> "KVCache":
+        shape = (batch, n_kv_heads, slots, head_dim)
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)])
+
+    @property
+    def slots(self) -> int:
+        return self.k[0].shape[2]
+
+    def view(self, rows: int, kv_len: int, segments: tuple = ()) -> "KVCache":
+        """The first `rows` rows (views: writes land in this cache), attending `kv_len` slots
+        (per segment of rows, when given)."""
+        return KVCache([k[:rows] for k in self.k], [v[:rows] for v in self.v], kv_len, segments)
+
+    def copy_rows_(self, src: "KVCache", src_rows: torch.Tensor, dst_rows: torch.Tensor) -> None:
+        """Row dst_rows[j] <- row src_rows[j] of `src` over src's slots (a prompt's prefill
+        copied to each of its samples: copied, not recomputed)."""
+        T = src.slots
+        for dst, s in zip(self.k + self.v, src.k + src.v):
+            dst[:, :, :T].index_copy_(0, dst_rows, s.index_select(0, src_rows))
+
+    def move_rows_(self, src_rows: torch.Tensor, dst_rows: torch.Tensor) -> None:
+        """Row dst_rows[j] <- row src_rows[j] within this cache (compaction); all slots."""
+        for t in self.k + self.v:
+            t.index_copy_(0, dst_rows, t.index_select(0, src_rows))
 
 
 def cu_seqlens_from_doc_ids(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -87,6 +143,58 @@ def build_doc_mask(backend: str, doc_ids: torch.Tensor | None, T: int, device: t
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
     return DocMask(backend, doc_ids, dense=(same_doc & causal)[:, None])  # (B, 1, T, T)
+
+
+def build_cache_mask(backend: str, positions: torch.Tensor, cache) -> DocMask:
+    """Decode over a KVCache: the token at position p of row b sees slots 0..p of row b.
+    flash (one token per row): each row's slot count; else a (B, 1, T, kv_len) boolean mask."""
+    if backend == "flash" and positions.shape[1] == 1:
+        return DocMask("cache", kv_len=cache.kv_len, cache_seqlens=(positions[:, 0] + 1).to(torch.int32))
+    slots = torch.arange(cache.kv_len, device=positions.device)
+    return DocMask("cache", dense=(slots <= positions[:, :, None])[:, None], kv_len=cache.kv_len,
+                   segments=cache.segments)
+
+
+def cached_attention(q, k, v, k_cache, v_cache, positions, mask: DocMask):
+    """Attention that keeps this forward's keys/values in one layer's cache (B, Hk, S, D).
+    Prefill (mask from build_doc_mask, positions None): the rows start at slot 0; causal
+    attention over the new tokens, whose keys/values fill slots [0, T). Decode ("cache" mask):
+    token t of row b is written to slot positions[b, t] and attends over slots [0, kv_len)."""
+    k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, T, D): the cache's layout
+    if mask.backend != "cache":
+        T = k.shape[2]
+        k_cache[:, :, :T].copy_(k)
+        v_cache[:, :, :T].copy_(v)
+        if mask.backend != "flash":  # not flex: its block mask would compile anew for every prompt shape
+            mask = DocMask("sdpa")
+        return attention(q, k.transpose(1, 2), v.transpose(1, 2), mask)
+    index = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])  # (B, Hk, T, D)
+    k_cache.scatter_(2, index, k)
+    v_cache.scatter_(2, index, v)
+    if mask.cache_seqlens is not None:  # flash-attn reads each row's own slots, (B, S, Hk, D) views
+        return flash_attn_with_kvcache(q, k_cache.transpose(1, 2), v_cache.transpose(1, 2),
+                                       cache_seqlens=mask.cache_seqlens, causal=False)
+    if not mask.segments:
+        return _sdpa_cached(q, k_cache[:, :, :mask.kv_len], v_cache[:, :, :mask.kv_len], mask.dense)
+    outs, start = [], 0
+    for end, kv in mask.segments:  # each group of rows reads only the slots it uses
+        outs.append(_sdpa_cached(q[start:end], k_cache[start:end, :, :kv], v_cache[start:end, :, :kv],
+                                 mask.dense[start:end, :, :, :kv]))
+        start = end
+    return torch.cat(outs)
+
+
+def _sdpa_cached(q, k, v, dense):
+    """q (B, T, Hq, D) over cached k/v (B, Hk, S, D) with a (B, 1, T, S) mask -> (B, T, Hq, D)."""
+    B, T, Hq, D = q.shape
+    Hk = k.shape[1]
+    if T == 1:
+        # One query per row: fold each KV head's group of query heads into the query axis
+        # (heads g*Hq/Hk .. (g+1)*Hq/Hk - 1 share KV head g), so GQA needs no repeated keys.
+        out = F.scaled_dot_product_attention(q.reshape(B, Hk, Hq // Hk, D), k, v, attn_mask=dense)
+        return out.reshape(B, 1, Hq, D)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=dense, enable_gqa=Hq != Hk)
+    return out.transpose(1, 2)
 
 
 def attention(q, k, v, mask: DocMask):

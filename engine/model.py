@@ -13,7 +13,8 @@ permutation that hf_checkpoint.py applies on import and export.
 The model knows nothing of distribution or devices: build it under `torch.device("meta")`,
 let engine/parallel.py wrap it, then materialise with `to_empty()` + `init_weights()` (or load).
 RMSNorm, RoPE and SwiGLU go through kernels/, which runs Triton on CUDA and the PyTorch
-reference on CPU.
+reference on CPU. Generation passes a KVCache (engine/attention.py) to forward; the sampling
+loop itself lives in engine/generate.py.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import torch
 import torch.nn as nn
 
 import kernels
-from engine.attention import DocMask, attention, build_doc_mask, select_backend
+from engine.attention import (DocMask, KVCache, attention, build_cache_mask, build_doc_mask,
+                              cached_attention, select_backend)
 from engine.model_config import ModelConfig, RopeScaling
 
 
@@ -62,13 +64,16 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, rope, positions, mask: DocMask):
+    def forward(self, x, rope, positions, mask: DocMask, kv=None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         q, k = kernels.apply_rope(q, k, *rope, positions)  # fp32 tables, q/k in compute dtype
-        out = attention(q, k, v, mask)  # (B, T, n_heads, head_dim)
+        if kv is None:
+            out = attention(q, k, v, mask)  # (B, T, n_heads, head_dim)
+        else:  # generation: this layer's (k_cache, v_cache)
+            out = cached_attention(q, k, v, *kv, positions, mask)
         return self.wo(out.reshape(B, T, -1))
 
 
@@ -91,8 +96,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, x, rope, positions, mask: DocMask):
-        x = x + self.attention(self.attention_norm(x), rope, positions, mask)
+    def forward(self, x, rope, positions, mask: DocMask, kv=None):
+        x = x + self.attention(self.attention_norm(x), rope, positions, mask, kv)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -114,25 +119,32 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
         self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
 
-    def forward(self, input_ids, positions=None, doc_ids=None, head_fn=None, cu_seqlens=None, max_seqlen: int = 0):
+    def forward(self, input_ids, positions=None, doc_ids=None, head_fn=None, cu_seqlens=None, max_seqlen: int = 0,
+                cache: KVCache | None = None):
         """input_ids (B, T); positions (B, T) restarting at 0 per document; doc_ids (B, T) with
         -1 for padding; cu_seqlens/max_seqlen: flash-attn's boundaries when the caller has them
         (engine/batching.py computes them on the host). Returns logits (B, T, V) fp32, or
         head_fn(hidden (B*T, dim), output weight (V, dim)) when head_fn is given: fused losses
         that never form logits run here, inside forward, so a sharded (FSDP) head weight is
-        gathered for them and its gradient reduced."""
+        gathered for them and its gradient reduced.
+        cache (generation): without positions the rows are prompts from slot 0 (prefill, causal;
+        their keys/values fill the cache); with positions (B, T), the cache slots of the tokens,
+        each token attends to its row's slots up to its own (decode)."""
         B, T = input_ids.shape
-        if positions is not None and doc_ids is None:
+        if positions is not None and doc_ids is None and cache is None:
             raise ValueError("positions for packed rows need doc_ids too, or documents would see each other")
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         h = self.tok_embeddings(input_ids)  # (B, T, dim)
         if self.attn_backend is None:
             self.attn_backend = select_backend(h.device, self.cfg.attn_backend, h.dtype)
-        mask = build_doc_mask(self.attn_backend, doc_ids, T, h.device, cu_seqlens, max_seqlen)
+        if cache is not None and positions is not None:
+            mask = build_cache_mask(self.attn_backend, positions, cache)
+        else:
+            mask = build_doc_mask(self.attn_backend, doc_ids, T, h.device, cu_seqlens, max_seqlen)
         rope = (self.rope_cos, self.rope_sin)
-        for block in self.layers.values():
-            h = block(h, rope, positions, mask)
+        for i, block in enumerate(self.layers.values()):
+            h = block(h, rope, positions, mask, None if cache is None else (cache.k[i], cache.v[i]))
         h = self.norm(h)
         if head_fn is not None:
             return head_fn(h.flatten(0, 1), self.output.weight)

@@ -9,6 +9,11 @@ or a bad combination is reported (naming the key) before any data or model work.
       parallel: ParallelConfig      sharding, precision, activation checkpointing, compile
     DPOConfig(RunConfig)
       dpo: DPOSection               preference loss and reference model
+    GenerateConfig                  recipes/generate.py: output, seed
+      model: ModelSection           the Hugging Face checkpoint to sample from
+      data: PromptSection           input files, tokenizer
+      generate: GenerateSection     sampling, stopping, batching, backend
+      parallel: ParallelConfig      compute dtype (mixed_precision), timeouts
 
 The world size comes from torchrun's WORLD_SIZE (1 without torchrun), so batch arithmetic is
 checked at parse time too.
@@ -221,3 +226,96 @@ class DPOSection:
 class DPOConfig(RunConfig):
     dpo: DPOSection = field(default_factory=DPOSection)
     """DPO loss settings."""
+
+
+@dataclass
+class PromptSection:
+    files: list[str] = field(default_factory=list)
+    """Input JSONL files (IEInstruct/ADELIE: dataset or datasets, id, messages); empty = the bundled SFT data."""
+    tokenizer: str = ""
+    """sentencepiece tokenizer.model; empty = the checkpoint's, else the bundled one."""
+    max_records: int = 0
+    """Read at most this many records of each file (0 = all)."""
+    cache_dir: str = "runs/cache"
+    """Where the bundled data and tokenizer live."""
+
+    def validate(self) -> None:
+        if self.max_records < 0:
+            raise ConfigError(f"data.max_records must be >= 0 (0 = all), got {self.max_records}")
+        names = [os.path.basename(f) for f in self.files]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"data.files: outputs are named after the inputs, and {dup} appear twice")
+
+
+@dataclass
+class GenerateSection:
+    n: int = 1
+    """Samples per prompt (IEFeedback: 5); they share one prefill."""
+    temperature: float = 0.0
+    """0 = greedy; else the softmax temperature (IEFeedback: 1.0)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens until their mass reaches top_p (1 = off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    max_new_tokens: int = 512
+    """Most tokens generated per sample (also capped by the model's max_seq_len)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: a sample ends at the first one, which is not part of its output (EOS always stops)."""
+    backend: Literal["engine", "vllm"] = "engine"
+    """engine: our Transformer with a KV cache (default; the only one on CPU); vllm: vLLM on the same checkpoint."""
+    batch_size: int = 64
+    """Prompts decoded at once per rank (n rows each); finished rows are refilled with waiting prompts."""
+    prefill_tokens: int = 8192
+    """Most prompt tokens (padded) in one prefill forward."""
+    cache_memory_fraction: float = 0.6
+    """CUDA: the KV cache takes at most this fraction of the memory free after the model is loaded (fewer rows than batch_size x n when that would not fit)."""
+    check_every: int = 0
+    """Decode steps between the host's looks at the device (done flags, stop strings, refills); 0 = 1 on CPU, 8 on CUDA."""
+    cuda_graphs: bool = True
+    """CUDA: replay each decode step as a CUDA graph (static shapes); ignored on CPU."""
+    compile: bool = False
+    """CUDA: torch.compile the decode step before capturing it; ignored on CPU."""
+    tensor_parallel: int = 1
+    """vllm: GPUs the model is split over (tensor parallelism), for a model that does not fit one GPU; vllm runs in one launched process."""
+
+    def validate(self) -> None:
+        checks = [("n", self.n >= 1, ">= 1"), ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),
+                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]"), ("top_k", self.top_k >= 0, ">= 0 (0 = off)"),
+                  ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                  ("prefill_tokens", self.prefill_tokens >= 1, ">= 1"),
+                  ("cache_memory_fraction", 0 < self.cache_memory_fraction <= 1, "in (0, 1]"),
+                  ("check_every", self.check_every >= 0, ">= 0 (0 = auto)"),
+                  ("tensor_parallel", self.tensor_parallel >= 1, ">= 1")]
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"generate.{key} must be {what}, got {getattr(self, key)}")
+        if any(not s for s in self.stop):
+            raise ConfigError("generate.stop: an empty stop string would end every sample at once")
+        if self.tensor_parallel > 1 and self.backend != "vllm":
+            raise ConfigError("generate.tensor_parallel > 1 needs generate.backend=vllm (each engine rank "
+                              "holds a full model copy)")
+        if self.backend == "vllm" and launch_world_size() > 1:
+            raise ConfigError(f"generate.backend=vllm runs its own workers: launch one process (python "
+                              f"recipes/generate.py ...), not {launch_world_size()}, and spread the model over "
+                              "GPUs with generate.tensor_parallel")
+
+
+@dataclass
+class GenerateConfig:
+    output_dir: str = "runs/generate"
+    """OUT/<input file name> per input (input order, n lines per record); partial results in OUT/parts/."""
+    seed: int = 0
+    """With (dataset, id, sample index), what each sample's randomness depends on."""
+    model: ModelSection = field(default_factory=ModelSection)
+    """The Hugging Face checkpoint to sample from (model.checkpoint)."""
+    data: PromptSection = field(default_factory=PromptSection)
+    """Prompts."""
+    generate: GenerateSection = field(default_factory=GenerateSection)
+    """Sampling, stopping, batching, backend."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Only mixed_precision (auto: bf16 on CUDA, fp32 on CPU; fp32 forces fp32), timeout_s and deterministic apply: every rank holds a full model copy."""
+
+    def validate(self) -> None:
+        if not self.model.checkpoint:
+            raise ConfigError("model.checkpoint: generation needs a Hugging Face Llama directory (e.g. runs/sft/final)")

@@ -25,3 +25,16 @@ def make_model(cfg, seed: int = 0):
     model.to_empty(device="cpu")
     model.init_weights(seed)
     return model.eval()
+
+
+def sdpa_flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal=True, **_):
+    """flash_attn_varlen_func's contract from SDPA, for CPU tests of the flash path: q (N, Hq, D),
+    k/v (N, Hk, D), causal attention within each [cu[i], cu[i+1]) (extra flash options ignored)."""
+    import torch.nn.functional as F
+    assert cu_q.dtype == torch.int32 and causal and max_q == int((cu_q[1:] - cu_q[:-1]).max())
+    out = torch.empty_like(q)
+    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
+                                           is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        out[a:b] = o.transpose(0, 1)
+    return out

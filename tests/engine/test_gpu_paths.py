@@ -21,7 +21,7 @@ from engine.batching import to_device
 from engine.model import build_model
 from engine.model_config import ModelConfig
 from engine.run_config import ParallelConfig
-from tests.helpers import make_model, tiny_model_config
+from tests.helpers import make_model, sdpa_flash_varlen, tiny_model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,20 +85,8 @@ def test_dense_mask_built_once_per_forward_and_recompute(monkeypatch):
     assert len(calls) == 1
 
 
-def _fake_flash(q, k, v, cu_q, cu_k, max_q, max_k, causal=True, **_):
-    """flash_attn_varlen_func's contract, from SDPA per sequence (q (N, Hq, D), k/v (N, Hk, D))."""
-    assert cu_q.dtype == torch.int32 and causal and max_q == int((cu_q[1:] - cu_q[:-1]).max())
-    out = torch.empty_like(q)
-    rep = q.shape[1] // k.shape[1]
-    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
-        qs, ks, vs = (t[s:e].transpose(0, 1) for t in (q, k, v))  # (H, L, D)
-        ks, vs = ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0)
-        out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1)
-    return out
-
-
 def test_flash_path_uses_host_cu_seqlens_and_matches_sdpa(monkeypatch):
-    monkeypatch.setattr(attn_mod, "flash_attn_varlen_func", _fake_flash)
+    monkeypatch.setattr(attn_mod, "flash_attn_varlen_func", sdpa_flash_varlen)
     cfg = tiny(attn_backend="flash")
     model = make(cfg)
     ids, positions, doc_ids = packed(cfg.vocab_size)
@@ -125,7 +113,7 @@ def test_cu_seqlens_pads_and_row_starts():
 
 
 def test_auto_backend_never_flash_for_fp32(monkeypatch):
-    monkeypatch.setattr(attn_mod, "flash_attn_varlen_func", _fake_flash)
+    monkeypatch.setattr(attn_mod, "flash_attn_varlen_func", sdpa_flash_varlen)
     cuda = torch.device("cuda", 0)
     assert select_backend(cuda, "auto", torch.float32) == "flex"
     assert select_backend(cuda, "auto", torch.bfloat16) == "flash"

@@ -1,0 +1,197 @@
+"""Benchmark: generated tokens/s of engine.generate vs transformers `generate`, same model, same
+prompts, same settings.
+
+    python -m bench.bench_generate                                   # CPU: debug and llama2-100m, fp32
+    python -m bench.bench_generate --device cuda --preset llama2-1b llama2-7b --batch 1 64
+
+Model: random weights from a preset (engine/model_config.py; llama2-100m is 101.9M parameters),
+exported with save_hf and loaded by transformers (SDPA attention; flash-attn 2 on CUDA when
+installed), so both run the same weights in the same dtype (CPU fp32, CUDA bf16).
+Prompts: the first `batch` records of the bundled IE data (data/bundled.py), rendered with the
+chat template up to the answer (engine/generate_files.encode_prompt) by the bundled tokenizer;
+their lengths are in each row.
+Settings: greedy, exactly --new-tokens new tokens per prompt (EOS off on both sides), all prompts
+in one batch (ours: batch_size = batch), as the issue asks: batch 16, 128 new tokens.
+Reported per case: generated tokens/s = batch x new tokens / wall time of the whole call (prefill
+included), and the fraction of prompts whose greedy ids agree with transformers'. The summary row
+has ours / transformers. Also the decode rate alone, from two runs:
+step = (t(N new) - t(1 new)) / (N - 1), decode tokens/s = batch / step, and its fraction of the
+roofline that binds it. CUDA, memory: each step reads every weight but the embedding table plus
+the KV cache in use (2 x layers x kv heads x head_dim x mean attended length x batch x element
+bytes: what each row needs, not what padding makes an implementation read) at the HBM rate
+(H200 4.8 TB/s). CPU, compute (a batch-16 step is compute-bound there: a 16-row fp32 GEMM streams
+its weights at ~6 GB/s while a read-only pass runs at ~30): 2 x batch x (matmul weights) + 4 x
+batch x layers x dim x mean attended length FLOPs per step at the measured fp32 matmul rate
+(engine.log.measure_matmul_flops, the rate the training loop's CPU MFU uses).
+Timing: CPU wall clock, cases round robin, median of --rep after a warm-up, 1 thread by default
+(the 2-core machine is shared); CUDA wall clock around synchronize, median of --rep.
+Targets: CPU ours >= 2x transformers on debug, not slower on llama2-100m.
+Rows go to bench/results/generate.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import append_results
+from engine.generate import Generator, Request, build_generation_model
+from engine.hf_checkpoint import save_hf
+from engine.log import measure_matmul_flops
+from engine.model import build_model
+from engine.model_config import PRESETS, ModelConfig
+from engine.run_config import GenerateSection
+
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
+
+
+def bundled_prompts(batch: int, cache_dir: str) -> list[list[int]]:
+    from data.bundled import ensure_default_assets
+    from data.tokenizer import Tokenizer
+    from engine.generate_files import encode_prompt, prompt_messages
+    assets = ensure_default_assets(cache_dir)
+    tok = Tokenizer(assets["tokenizer"])
+    lines = Path(assets["sft"]).read_text().splitlines()[:batch]
+    return [encode_prompt(tok, prompt_messages(json.loads(line)["messages"], "")) for line in lines]
+
+
+def build_pair(preset: str | ModelConfig, device: torch.device, dtype: torch.dtype, work: str):
+    """Ours (through the export, as the recipe loads it) and transformers' model, same weights."""
+    import transformers
+    cfg = PRESETS[preset] if isinstance(preset, str) else preset
+    model = build_model(cfg, device)  # fp32 init, exported in the benchmark's dtype
+    model.init_weights(0)
+    save_hf(model, work, dtype=dtype)
+    del model
+    ours = build_generation_model(work, device, dtype)
+    attn = "sdpa"
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+            attn = "flash_attention_2"
+        except ImportError:
+            pass
+    hf = transformers.LlamaForCausalLM.from_pretrained(work, dtype=dtype, attn_implementation=attn).to(device).eval()
+    hf.generation_config.eos_token_id = None  # exactly max_new_tokens, as ours with eos_id=-1
+    hf.generation_config.pad_token_id = 0
+    return ours, hf
+
+
+_GENERATORS: dict = {}
+
+
+def run_ours(model, prompts, new_tokens: int) -> list[list[int]]:
+    """engine.generate on all prompts at once. On CUDA the Generator (KV cache, captured CUDA
+    graphs) is kept between calls, as one long generate call keeps it: the timing is of
+    generation, not of one-time graph capture. On CPU every call allocates afresh, as
+    transformers does."""
+    key = (id(model), len(prompts), max(map(len, prompts)), new_tokens)
+    if key not in _GENERATORS or model.tok_embeddings.weight.device.type == "cpu":
+        settings = GenerateSection(max_new_tokens=new_tokens, batch_size=len(prompts))
+        _GENERATORS[key] = Generator(model, settings, rows=len(prompts), slots=key[2] + new_tokens, eos_id=-1)
+    requests = [Request(p, [0], ("bench", str(i)), tag=i) for i, p in enumerate(prompts)]
+    out = {c.request.tag: c.token_ids for b in _GENERATORS[key].run(requests) for c in b}
+    return [out[i] for i in range(len(prompts))]
+
+
+@torch.inference_mode()
+def run_hf(hf, prompts, new_tokens: int) -> list[list[int]]:
+    device = hf.device
+    T = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), T, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding, as transformers generates
+        ids[i, T - len(p):] = torch.tensor(p)
+        attn[i, T - len(p):] = 1
+    out = hf.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
+                      max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    assert out.shape[1] == T + new_tokens
+    return out[:, T:].tolist()
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def bench_preset(preset: str, batch: int, new_tokens: int, device: torch.device, rep: int, cache_dir: str) -> list[dict]:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    prompts = bundled_prompts(batch, cache_dir)
+    with tempfile.TemporaryDirectory() as work:
+        ours, hf = build_pair(preset, device, dtype, work)
+    cases = {"ours": lambda n: run_ours(ours, prompts, n), "transformers": lambda n: run_hf(hf, prompts, n)}
+    ids = {name: fn(new_tokens) for name, fn in cases.items()}  # warm-up, and the ids to compare
+    times = {name: [] for name in cases}
+    for _ in range(rep):  # round robin: both see the same machine load
+        for name, fn in cases.items():
+            times[name].append(timed(lambda: fn(new_tokens), device))
+    lens = sorted(map(len, prompts))
+    common = {"preset": preset, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "new_tokens": new_tokens,
+              "prompt_tokens_median": lens[len(lens) // 2], "prompt_tokens_max": lens[-1],
+              "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    rows = []
+    for name in cases:
+        sec = statistics.median(times[name])
+        row = {**common, "case": name, "seconds": sec, "tokens_per_s": batch * new_tokens / sec,
+               "greedy_match": sum(a == b for a, b in zip(ids[name], ids["transformers"])) / batch}
+        row.update(decode_rate(cases[name], ours, prompts, new_tokens, device, rep))
+        rows.append(row)
+    rows.append({**common, "case": "summary", "speedup": rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]})
+    return rows
+
+
+def decode_rate(fn, model, prompts, new_tokens: int, device: torch.device, rep: int) -> dict:
+    """Decode-only tokens/s and its fraction of the memory roofline (module docstring)."""
+    t1 = statistics.median(timed(lambda: fn(1), device) for _ in range(rep))
+    tn = statistics.median(timed(lambda: fn(new_tokens), device) for _ in range(rep))
+    step = (tn - t1) / (new_tokens - 1)
+    cfg, B = model.cfg, len(prompts)
+    elem = model.tok_embeddings.weight.element_size()
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "tok_embeddings" not in n)
+    mean_len = statistics.mean(len(p) for p in prompts) + new_tokens / 2
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * mean_len * B * elem
+    row = {"decode_tokens_per_s": B / step, "decode_step_ms": step * 1e3, "bytes_per_step_mb": (weights + kv) / 1e6}
+    if device.type == "cuda":
+        hbm = next((v for k, v in HBM_BYTES_PER_S.items() if k in torch.cuda.get_device_name(device)), 4.8e12)
+        return {**row, "roofline": "hbm", "roofline_pct": 100 * (weights + kv) / hbm / step}
+    flops = 2 * B * weights / elem + 4 * B * cfg.n_layers * cfg.dim * mean_len
+    peak = statistics.median(measure_matmul_flops(device) for _ in range(3))
+    return {**row, "gflops_per_step": flops / 1e9, "roofline": "fp32_matmul", "peak_gflops": peak / 1e9,
+            "roofline_pct": 100 * flops / peak / step}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", nargs="+", default=None)
+    ap.add_argument("--batch", type=int, nargs="+", default=None)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rep", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache-dir", default="runs/cache")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    presets = args.preset or (["llama2-1b", "llama2-7b"] if cuda else ["debug", "llama2-100m"])
+    batches = args.batch or ([1, 64] if cuda else [16])
+    if not cuda:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for preset in presets:
+        for batch in batches:
+            rows += bench_preset(preset, batch, args.new_tokens, device, args.rep, args.cache_dir)
+    append_results("generate", rows)
+
+
+if __name__ == "__main__":
+    main()
