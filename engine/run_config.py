@@ -231,9 +231,9 @@ class DPOConfig(RunConfig):
 @dataclass
 class PromptSection:
     files: list[str] = field(default_factory=list)
-    """Input JSONL files (IEInstruct/ADELIE: dataset or datasets, id, messages); empty = the bundled SFT data."""
+    """Input JSONL files (IEInstruct/ADELIE: dataset or datasets, id, messages); bundled = the bundled held-out test set, bundled-prompts = the bundled IEFeedback prompt pool; empty = [bundled]."""
     tokenizer: str = ""
-    """sentencepiece tokenizer.model; empty = the checkpoint's, else the bundled one."""
+    """tokenizer.model or tokenizer.json; empty = the checkpoint's, else the bundled one."""
     max_records: int = 0
     """Read at most this many records of each file (0 = all)."""
     cache_dir: str = "runs/cache"

@@ -127,14 +127,14 @@ def bad_file(tmp_path, record) -> Path:
     ({"id": 2, "messages": [{"role": "user", "content": 3}]}, r"bad\.jsonl:2: messages\[0\]\.content"),
 ])
 def test_bad_records_name_file_and_line_before_the_model(tmp_path, checkpoint, monkeypatch, record, match):
-    monkeypatch.setattr(recipe, "build_generation_model", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(recipe, "generation_model", lambda *a, **k: pytest.fail("the model was built"))
     with pytest.raises(ConfigError, match=match):
         recipe.main([f"model.checkpoint={checkpoint}", f"data.files=[{bad_file(tmp_path, record)}]",
                      f"output_dir={tmp_path / 'out'}"])
 
 
 def test_bad_checkpoint_and_tokenizer_are_config_errors(tmp_path, checkpoint, bundled, monkeypatch):
-    monkeypatch.setattr(recipe, "build_generation_model", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(recipe, "generation_model", lambda *a, **k: pytest.fail("the model was built"))
     args = [f"output_dir={tmp_path / 'out'}", f"data.cache_dir={Path(bundled['sft']).parent}"]
     with pytest.raises(ConfigError, match=r"model\.checkpoint: .*nowhere does not exist"):
         recipe.main([f"model.checkpoint={tmp_path / 'nowhere'}", *args])

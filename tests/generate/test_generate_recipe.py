@@ -36,9 +36,10 @@ def test_the_embedded_default_answers_the_bundled_prompts(tmp_path, bundled, che
     shutil.copytree(checkpoint, tmp_path / "runs" / "sft" / "final")
     shutil.copytree(Path(bundled["sft"]).parent, tmp_path / "runs" / "cache")
     run(torchrun_cmd("generate.py", 1, []), cwd=tmp_path)
-    rows = [json.loads(line) for line in (tmp_path / "runs" / "generate" / "sft.jsonl").read_text().splitlines()]
-    assert len(rows) == 32 and all(r["sample_index"] == 0 for r in rows)
-    assert json.loads((tmp_path / "runs" / "generate" / "summary.json").read_text())["samples"] == 32
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "generate" / "heldout.jsonl").read_text().splitlines()]
+    n = len(Path(bundled["heldout"]).read_text().splitlines())
+    assert len(rows) == n and all(r["sample_index"] == 0 for r in rows)
+    assert json.loads((tmp_path / "runs" / "generate" / "summary.json").read_text())["samples"] == n
 
 
 def test_a_bad_record_exits_2_with_file_and_line_and_no_traceback(tmp_path, checkpoint):
