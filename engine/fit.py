@@ -9,6 +9,7 @@ scores a held-out cache with the same loss (no grad) and returns those names pre
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -155,7 +156,8 @@ def evaluate(run: TrainingRun, cache, loss_fn, count_fn, prepare_batch=None) -> 
 
 def finish(run: TrainingRun, tokenizer_path: str | None = None) -> Path:
     """The final resumable state (unless the run was already complete), then the Hugging Face
-    export with the resolved config beside it. Returns the export directory."""
+    export with the resolved config beside it; with eval.files set, the export's answers to them,
+    scored (output_dir/eval/metrics.json). Returns the export directory."""
     if run.start < run.total:
         run.save(run.total)
     final = Path(run.cfg.output_dir) / "final"
@@ -163,4 +165,13 @@ def finish(run: TrainingRun, tokenizer_path: str | None = None) -> Path:
     if run.world.rank == 0:
         (final / "train_config.yaml").write_text(format_config(run.cfg) + "\n")
         print(f"saved {final}", flush=True)
+    if run.cfg.eval.files:  # generate answers to the test files with the export and score them
+        from engine.evaluation import evaluate_checkpoint
+        run.optimizer = run.scheduler = None  # the optimizer state is not needed any more
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        section = dataclasses.replace(run.cfg.eval, cache_dir=run.cfg.data.cache_dir,
+                                      tokenizer=run.cfg.eval.tokenizer or (tokenizer_path or ""))
+        evaluate_checkpoint(str(final), section, Path(run.cfg.output_dir) / "eval", run.world, run.cfg.parallel,
+                            run.cfg.seed, run.cfg.model.attn_backend)
     return final

@@ -166,6 +166,8 @@ class RunConfig:
     """Optimizer and schedule."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Sharding, precision, activation checkpointing, compile."""
+    eval: EvalSection = field(default_factory=lambda: EvalSection(generate=GenerateSection(max_new_tokens=512)))
+    """With eval.files set: after the final export, generate answers to them and score them (OUT/eval/)."""
 
     def validate(self) -> None:
         if not self.epochs > 0:
@@ -299,6 +301,56 @@ class GenerateSection:
             raise ConfigError(f"generate.backend=vllm runs its own workers: launch one process (python "
                               f"recipes/generate.py ...), not {launch_world_size()}, and spread the model over "
                               "GPUs with generate.tensor_parallel")
+
+
+@dataclass
+class EvalSection:
+    files: list[str] = field(default_factory=list)
+    """IE test files in ADELIE's format (the last assistant message is the gold); [bundled] = the bundled held-out set; empty = no generation eval."""
+    max_records: int = 0
+    """Read at most this many records of each file (0 = all)."""
+    task: str = ""
+    """Force a scorer (ner, relation, temporal, ed, eae, ondemand, openie, generic) or a dataset name; empty = from each record's dataset."""
+    sim_model: str = ""
+    """Local all-MiniLM-L6-v2 directory for on-demand IE header similarity; empty = exact-match header F1."""
+    openie_gold: str = ""
+    """ROBUST gold JSON for Open IE (from the ROBUST authors)."""
+    tokenizer: str = ""
+    """tokenizer.model or tokenizer.json; empty = the checkpoint's."""
+    cache_dir: str = "runs/cache"
+    """Where the bundled test set lives."""
+    generate: GenerateSection = field(default_factory=lambda: GenerateSection(max_new_tokens=2048))
+    """Generation settings: ADELIE's (greedy, at most 2048 new tokens) by default."""
+
+    def validate(self) -> None:
+        if self.max_records < 0:
+            raise ConfigError(f"eval.max_records must be >= 0 (0 = all), got {self.max_records}")
+        if self.task:
+            from data.scoring import task_for
+            try:
+                task_for(self.task)
+            except ValueError as e:
+                raise ConfigError(f"eval.task: {e}") from None
+
+
+@dataclass
+class EvalConfig:
+    output_dir: str = "runs/eval"
+    """Predictions OUT/<input file name>, OUT/metrics.json and OUT/metrics.md."""
+    seed: int = 0
+    """Sampling seed (only matters with eval.generate.temperature > 0)."""
+    model: ModelSection = field(default_factory=ModelSection)
+    """The Hugging Face checkpoint to evaluate (model.checkpoint)."""
+    eval: EvalSection = field(default_factory=lambda: EvalSection(files=["bundled"]))
+    """Test files, scoring and generation settings."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Only mixed_precision, timeout_s and deterministic apply: every rank holds a full model copy."""
+
+    def validate(self) -> None:
+        if not self.model.checkpoint:
+            raise ConfigError("model.checkpoint: evaluation needs a Hugging Face directory (e.g. runs/sft/final)")
+        if not self.eval.files:
+            raise ConfigError("eval.files: give the test files to evaluate (or [bundled])")
 
 
 @dataclass

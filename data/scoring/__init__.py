@@ -92,11 +92,31 @@ def score_file(path: str | os.PathLike, task: str | None = None, **options) -> d
 
 def score_files(paths, task: str | None = None, **options) -> dict[str, dict]:
     """{file name without .jsonl: metrics}; names shared by several files (zeroshot/semeval.jsonl,
-    fewshot/semeval.jsonl) keep their parent folder ("zeroshot/semeval")."""
+    fewshot/semeval.jsonl) keep their parent folder ("zeroshot/semeval"). A file that mixes
+    datasets (the bundled held-out set) also gets one row per dataset, "<name>:<dataset>", and its
+    own row only when one scorer serves them all."""
     paths = [Path(p) for p in paths]
     stems = [p.name.removesuffix(".jsonl") for p in paths]
     names = [f"{p.parent.name}/{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
-    return {name: score_file(p, task, **options) for name, p in zip(names, paths)}
+    out: dict[str, dict] = {}
+    for name, path in zip(names, paths):
+        records, lines = read_predictions_with_lines(path)
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault(dataset_of(r) or "", []).append(i)
+        if task is None and len(groups) > 1:
+            for dataset, idx in sorted(groups.items()):
+                try:
+                    out[f"{name}:{dataset}"] = score_records([records[i] for i in idx], None, **options)
+                except RecordError as e:
+                    raise at_line(path, [lines[i] for i in idx], e) from None
+            if len({task_for(d) for d in groups if d}) != 1:
+                continue
+        try:
+            out[name] = score_records(records, task, **options)
+        except RecordError as e:
+            raise at_line(path, lines, e) from None
+    return out
 
 
 def _pct(x) -> str:

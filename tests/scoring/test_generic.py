@@ -51,3 +51,15 @@ def test_bundled_heldout_gold_scores_one_and_perturbed_less(tmp_path):
         blank = [dict(r, output="[Answer]: ") for r in recs]
         m = score_records(blank)
         assert m["recall"] == 0.0 and m["counts"]["gold"] > 0, name
+
+
+def test_a_file_mixing_datasets_gets_a_row_per_dataset(tmp_path):
+    from data.scoring import score_files
+    path = tmp_path / "heldout.jsonl"
+    rows = [rec("bundled-ner", "[Answer]: Ada: person;", "[Answer]: Ada: person;"),
+            rec("bundled-re", "[Answer]: (Ada; work for; Globex)", "[Answer]: (Ada; born in; Globex)")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = score_files([path])
+    assert set(m) == {"heldout", "heldout:bundled-ner", "heldout:bundled-re"}
+    assert m["heldout:bundled-ner"]["f1"] == 1.0 and m["heldout:bundled-re"]["f1"] == 0.0
+    assert m["heldout"]["f1"] == pytest.approx(0.5)
