@@ -31,7 +31,6 @@ leaves its prompt to the gold draw and does not count towards the limit.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import statistics
@@ -175,11 +174,11 @@ def build_pairs(items: Sequence[dict], *, limit: int = 10000, gold_rate: float =
     stats = {
         "prompts": len(checked), "samples": len(flat),
         "samples_without_answer": len(flat) - len(scored),
-        "score_mean": statistics.fmean(scored) if scored else math.nan,  # over samples scored >= 0
-        "score_std": statistics.pstdev(scored) if scored else math.nan,
+        "score_mean": statistics.fmean(scored) if scored else None,  # over samples scored >= 0
+        "score_std": statistics.pstdev(scored) if scored else None,
         "pairs": len(pairs), "model_pairs": len(model_pairs), "gold_pairs": len(gold_pairs),
-        "gold_fraction": len(gold_pairs) / len(pairs) if pairs else math.nan,
-        "mean_delta": statistics.fmean(deltas) if deltas else math.nan,
+        "gold_fraction": len(gold_pairs) / len(pairs) if pairs else None,
+        "mean_delta": statistics.fmean(deltas) if deltas else None,
         "model_limit": model_limit, "gold_target": gold_target, "leftover_prompts": len(leftover),
         "gold_drawn": len(drawn), "model_skipped": model_skipped, "gold_skipped": gold_skipped,
         "prompts_without_pair": len(checked) - len(pairs), "pairs_per_dataset": per_dataset,

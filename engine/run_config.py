@@ -304,6 +304,50 @@ class GenerateSection:
 
 
 @dataclass
+class FeedbackSection:
+    limit: int = 10000
+    """Most pairs in all (ADELIE: 10,000): limit - int(limit x gold_rate) model-vs-model pairs first, then gold-vs-model."""
+    gold_rate: float = 0.7
+    """Share of the limit drawn as gold-vs-model pairs from the prompts left over (ADELIE: 0.7)."""
+    min_delta: float = 0.1
+    """A pair is kept when chosen's score exceeds rejected's by more than this (ADELIE: 0.1)."""
+    keep_identical: bool = False
+    """Keep pairs whose chosen and rejected texts are equal (ADELIE's exact behaviour; they teach nothing)."""
+
+    def validate(self) -> None:
+        if self.limit < 1:
+            raise ConfigError(f"feedback.limit must be >= 1, got {self.limit}")
+        if not 0.0 <= self.gold_rate <= 1.0:
+            raise ConfigError(f"feedback.gold_rate must lie in [0, 1], got {self.gold_rate}")
+        if self.min_delta < 0:
+            raise ConfigError(f"feedback.min_delta must be >= 0, got {self.min_delta}")
+
+
+@dataclass
+class FeedbackConfig:
+    output_dir: str = "runs/feedback"
+    """OUT/feedback.json (IEFeedback pairs for recipes/dpo.py), OUT/scored.jsonl, OUT/stats.json, OUT/samples/."""
+    seed: int = 0
+    """Sampling seed (with dataset, id and sample index) and the gold draw's seed."""
+    model: ModelSection = field(default_factory=ModelSection)
+    """The SFT checkpoint to sample from (model.checkpoint)."""
+    data: PromptSection = field(default_factory=lambda: PromptSection(files=["bundled-prompts"]))
+    """Prompt files (IE records whose last assistant message is the gold '[Answer]: ...')."""
+    generate: GenerateSection = field(default_factory=lambda: GenerateSection(n=5, temperature=1.0, max_new_tokens=2048))
+    """Sampling: ADELIE's 5 samples per prompt at temperature 1.0, top_p 1.0, at most 2048 new tokens."""
+    feedback: FeedbackSection = field(default_factory=FeedbackSection)
+    """Pair building."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Only mixed_precision, timeout_s and deterministic apply: every rank holds a full model copy."""
+
+    def validate(self) -> None:
+        if not self.model.checkpoint:
+            raise ConfigError("model.checkpoint: feedback needs the SFT model's Hugging Face directory")
+        if self.generate.n < 2:
+            raise ConfigError(f"generate.n must be >= 2 to rank samples against each other, got {self.generate.n}")
+
+
+@dataclass
 class EvalSection:
     files: list[str] = field(default_factory=list)
     """IE test files in ADELIE's format (the last assistant message is the gold); [bundled] = the bundled held-out set; empty = no generation eval."""
