@@ -27,7 +27,7 @@ def readme_commands() -> list[str]:
 
 def recipe_invocation(cmd: str) -> tuple[str, int, list[str]]:
     """-> (recipe name, world size, the recipe's own arguments)."""
-    words = shlex.split(cmd.replace("$HEAD_NODE", "head"))
+    words = shlex.split(cmd.replace("$HEAD_NODE", "head"), comments=True)
     i = next(i for i, w in enumerate(words) if re.fullmatch(r"recipes/\w+\.py", w))
     launcher, args = words[:i], words[i + 1:]
     opts = dict(re.findall(r"--(nnodes|nproc_per_node)[ =](\S+)", " ".join(launcher)))
