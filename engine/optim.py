@@ -1,9 +1,11 @@
 """AdamW with weight decay on 2-D weights only, and the warmup + cosine/linear/constant schedule.
 
-The AdamW kernel: fused on CUDA (one launch for all parameters), foreach on CPU (one op per
-parameter group instead of per tensor); both work on FSDP2's DTensor shards. Each is
-elementwise per parameter shard, so 1 and N ranks agree to rounding (tests/engine/test_parallel.py
-states the tolerance); `optim.implementation=for_loop` is the one-tensor-at-a-time reference.
+The AdamW kernel: fused (one kernel over every parameter, on CUDA and on CPU) by default; it
+works on FSDP2's DTensor shards. Measured on the 2-core CPU, FSDP2 1-process, fp32
+(`python -m bench.bench_optimizer`): debug 4.6 ms fused vs 14.9 ms for_loop vs 17.6 ms foreach;
+llama2-100m 62 ms vs 468 ms vs 414 ms. Each is elementwise per parameter shard, so 1 and N ranks
+agree to rounding (tests/engine/test_parallel.py states the tolerance); `optim.implementation=
+for_loop` is the one-tensor-at-a-time reference the first version used.
 """
 from __future__ import annotations
 
@@ -19,10 +21,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    impl = cfg.implementation
-    if impl == "auto":
-        on_cuda = any(p.device.type == "cuda" for p in decay + no_decay)
-        impl = "fused" if on_cuda else "foreach"
+    impl = "fused" if cfg.implementation == "auto" else cfg.implementation
     kw = {"fused": impl == "fused", "foreach": impl == "foreach"} if impl != "for_loop" else {"foreach": False}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kw)
 
