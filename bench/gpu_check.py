@@ -20,12 +20,12 @@ order of importance, and a late one gets only what is left, or is skipped.
   recipes           pytest -m gpu tests/recipes   (SFT flex + sdpa, DPO, 2 GPUs, determinism) 180 s
   norm_rope_swiglu  bench.bench_norm_rope_swiglu   (LLaMA-7B shapes, bf16, vs torch.compile)  75 s
   dpo_loss          bench.bench_dpo_loss --device cuda --loss-types sigmoid   (vs compile)    60 s
-  generate          bench.bench_generate, when bench/bench_generate.py exists                 60 s
+  generate          bench.bench_generate --device cuda (llama2-1b, 7b; batch 1, 64)          120 s
 
 The dry run runs the same stages on CPU: the same pytest selections (every GPU test skips), each
 benchmark with its smallest CPU arguments (bench_train_step: preset tiny, peaks in-process),
 one thread, torch.compile disabled (TORCH_COMPILE_DISABLE=1: the calls stay, compile returns
-the function), ~40 s on 2 idle cores; bench_generate only parses its --help there.
+the function), ~40 s on 2 idle cores.
 
 Targets (benchmarks, not tests: a miss is reported, not an error): fused head fwd+bwd >= 60% of
 the measured bf16 matmul peak in model FLOPs (2NHV forward + 4NHV backward; the fused backward
@@ -237,9 +237,10 @@ def build_stages(work: pathlib.Path) -> list[Stage]:
               ["bench.bench_dpo_loss", "--device", "cpu", "--sizes", "256", "--loss-types", "sigmoid",
                "--threads", "1"],
               60, summarize_vs_compile("B", ("triton", "eager_ref"), "pass"), "faster or smaller than compile"),
-        # bench_generate's small CPU arguments are not known here, so the dry run only checks
-        # that its CLI imports and parses.
-        Stage("generate", ["bench.bench_generate"], ["bench.bench_generate", "--help"], 60, summarize_generic),
+        Stage("generate", ["bench.bench_generate", "--device", "cuda", "--preset", "llama2-1b", "llama2-7b",
+                           "--batch", "1", "64", "--rep", "1"],
+              ["bench.bench_generate", "--device", "cpu", "--preset", "debug", "--batch", "2", "--new-tokens", "8",
+               "--rep", "1"], 120, summarize_generic),
     ]
 
 
