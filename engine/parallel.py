@@ -85,14 +85,15 @@ def served_device_types(backend: str) -> set[str]:
     return {part.split(":")[0] for part in backend.split(",")}
 
 
-def init_distributed(timeout_s: int = 600) -> World:
+def init_distributed(timeout_s: int = 600, device_type: str | None = None) -> World:
     """Join (or create) the default process group; idempotent.
 
     Under torchrun the RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT environment is used.
     Without it (plain `python recipe.py`) a 1-process group is made over an in-memory HashStore:
     no port to pick, and the FSDP code path stays the same as with N processes.
+    device_type: "cuda" when CUDA is available, else "cpu" (tests of the CPU path pass "cpu").
     """
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     backend = process_group_backend(device.type)

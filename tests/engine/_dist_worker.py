@@ -31,7 +31,7 @@ IGNORE = -100
 
 def launch(*args: str, timeout: int = 120) -> None:
     """torchrun with 2 CPU processes; --standalone picks a free rendezvous port itself."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # the CPU (gloo) path, on any host
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            __file__, *args]
@@ -146,7 +146,7 @@ def make_scheduler(opt):
 def run_parallel(out: Path) -> None:
     from engine.parallel import ParallelConfig, init_distributed, load_full_state_dict, materialize, parallelize
 
-    world = init_distributed(timeout_s=60)
+    world = init_distributed(timeout_s=60, device_type="cpu")
     r, w = world.rank, world.world_size
     results: dict[str, np.ndarray] = {}
 
@@ -204,7 +204,7 @@ def run_state(out: Path, root: Path, resume: bool) -> None:
     from engine import train_checkpoint
     from engine.parallel import ParallelConfig, init_distributed, materialize, parallelize
 
-    world = init_distributed(timeout_s=60)
+    world = init_distributed(timeout_s=60, device_type="cpu")
     r, w = world.rank, world.world_size
     pcfg = ParallelConfig(activation_checkpointing="every_k")
     model = parallelize(build_model(tiny_config(), "meta"), pcfg, world)

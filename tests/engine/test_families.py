@@ -197,7 +197,7 @@ def test_hf_config_rejects_what_the_model_cannot_express():
 def world1():
     from engine.parallel import destroy_distributed, init_distributed
     assert "WORLD_SIZE" not in os.environ
-    world = init_distributed(timeout_s=60)
+    world = init_distributed(timeout_s=60, device_type="cpu")
     yield world
     destroy_distributed()
 

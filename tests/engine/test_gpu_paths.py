@@ -125,7 +125,7 @@ def test_auto_backend_never_flash_for_fp32(monkeypatch):
 @pytest.fixture(scope="module")
 def world1():
     assert "WORLD_SIZE" not in os.environ
-    w = parallel.init_distributed(timeout_s=60)
+    w = parallel.init_distributed(timeout_s=60, device_type="cpu")
     yield w
     parallel.destroy_distributed()
 

@@ -92,7 +92,7 @@ def test_load_full_state_dict_into_shards(two_ranks):
 @pytest.fixture(scope="module")
 def world1():
     assert "WORLD_SIZE" not in os.environ
-    d = init_distributed(timeout_s=60)
+    d = init_distributed(timeout_s=60, device_type="cpu")
     yield d
     destroy_distributed()
 

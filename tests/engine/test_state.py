@@ -62,7 +62,7 @@ def test_saved_names_are_metas(resumed):
 
 @pytest.fixture
 def world1():
-    d = init_distributed(timeout_s=60)
+    d = init_distributed(timeout_s=60, device_type="cpu")
     yield d
     destroy_distributed()
 

@@ -24,12 +24,17 @@ def torchrun_cmd(recipe: str, nproc: int, args: list[str], extra: list[str] | No
             f"--master_port={free_port()}", *(extra or []), str(REPO / "recipes" / recipe), *args]
 
 
-def child_env() -> dict:
-    return {**os.environ, "ENGINE_NO_BAR": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def child_env(gpu: bool = False) -> dict:
+    """The environment of a launched recipe: CPU (gloo, CUDA hidden) unless gpu, so the CPU tests
+    of the distributed path run the same on a GPU host."""
+    env = {**os.environ, "ENGINE_NO_BAR": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
-def run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = child_env()
+def run(cmd: list[str], cwd: Path, timeout: int = 300, gpu: bool = False) -> subprocess.CompletedProcess:
+    env = child_env(gpu)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

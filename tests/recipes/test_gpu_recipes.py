@@ -43,7 +43,7 @@ def recipe_args(data_dir, output_dir, *extra, steps: int = STEPS) -> list[str]:
 def run_together(jobs: list[tuple[list[str], Path]], timeout: int = RUN_TIMEOUT_S) -> None:
     """Launch (cmd, cwd) jobs at once and wait for all: tiny runs share the GPU, and their
     start-up (imports, compiles) overlaps. Fails with the output of the first failed job."""
-    procs = [(cmd, subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    procs = [(cmd, subprocess.Popen(cmd, cwd=cwd, env=child_env(gpu=True), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True)) for cmd, cwd in jobs]
     deadline, failed = time.monotonic() + timeout, None
     for cmd, proc in procs:
@@ -130,7 +130,7 @@ def test_dpo_from_sft_export_loss_falls_and_export_loads(sft_runs, bundled, tmp_
     run(torchrun_cmd("dpo.py", 1, recipe_args(tmp_path / "cache", out, f"model.checkpoint={sft_runs['flex'] / 'final'}",
                                               f"data.train_files=[{pairs}]", f"global_batch_rows={DPO_PAIRS}",
                                               "data.rows_per_micro_batch=4", "optim.lr=5e-4")),
-        cwd=tmp_path, timeout=RUN_TIMEOUT_S)
+        cwd=tmp_path, timeout=RUN_TIMEOUT_S, gpu=True)
     # step 1: the policy is the reference, every reward ~0 (bf16 forward), the sigmoid loss log 2
     assert losses(out)[0] == pytest.approx(math.log(2), abs=2e-2)
     assert_loss_falls(out)
@@ -142,7 +142,7 @@ def test_two_gpus_equal_one_gpu(sft_runs, sft_data, tmp_path):
     """The same global batch (4 rows): 1 GPU x 2 micro-batches of 2 rows vs 2 GPUs x 1."""
     out = tmp_path / "two"
     run(torchrun_cmd("sft.py", 2, recipe_args(tmp_path / "cache", out, *sft_data, "model.attn_backend=flex")),
-        cwd=tmp_path, timeout=RUN_TIMEOUT_S)
+        cwd=tmp_path, timeout=RUN_TIMEOUT_S, gpu=True)
     ref = torch.tensor(losses(sft_runs["flex"]), dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(losses(out), dtype=torch.float64), ref, rtol=BF16_RTOL, atol=0)
 
