@@ -16,6 +16,7 @@ from tests.helpers import rel_err
 
 # the module, not the function of the same name that kernels/__init__.py exports
 flp = importlib.import_module("kernels.fused_linear_logprob")
+chunk_matmul = importlib.import_module("kernels._chunk_matmul")
 N, H, V = 37, 29, 4131
 KERNELS = ("_flp_fwd_kernel", "_flp_bwd_kernel")
 assert flp.BLOCK_V < V < 2 * flp.BLOCK_V
@@ -193,7 +194,8 @@ def test_no_weight_sized_temporary_per_chunk(path_or_torch, fp32_out, monkeypatc
     if path.device == "cuda" and fp32_out and not flp._has_fp32_out_mm("cuda", torch.bfloat16):
         pytest.skip("this torch has no torch.mm(out_dtype=float32) on CUDA")
     if not fp32_out or path.device == "cpu":
-        monkeypatch.setattr(flp, "_has_fp32_out_mm", lambda device_type, dtype: fp32_out)
+        for module in (flp, chunk_matmul):  # the chunk loop asks, and so do the matmuls
+            monkeypatch.setattr(module, "_has_fp32_out_mm", lambda device_type, dtype: fp32_out)
     n, h, v, chunk = 37, 64, 300, 5  # chunk logits (5 x 300) are smaller than the weight (300 x 64)
     hidden, weight, labels, grad = make_inputs(n=n, h=h, v=v, seed=11)
     hidden, weight = rounded(hidden, weight, torch.bfloat16)
