@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import append_results
+from bench.common import hf_attn_implementation, append_results
 from engine.generate import Generator, Request, build_generation_model
 from engine.hf_checkpoint import save_hf
 from engine.log import measure_matmul_flops
@@ -69,13 +69,7 @@ def build_pair(preset: str | ModelConfig, device: torch.device, dtype: torch.dty
     save_hf(model, work, dtype=dtype)
     del model
     ours = build_generation_model(work, device, dtype)
-    attn = "sdpa"
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-            attn = "flash_attention_2"
-        except ImportError:
-            pass
+    attn = hf_attn_implementation(device)
     hf = transformers.LlamaForCausalLM.from_pretrained(work, dtype=dtype, attn_implementation=attn).to(device).eval()
     hf.generation_config.eos_token_id = None  # exactly max_new_tokens, as ours with eos_id=-1
     hf.generation_config.pad_token_id = 0

@@ -80,7 +80,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.common import REPO_ROOT, append_results, measure_peak_cpu, measure_peak_gpu, print_table, time_cpu, time_gpu
+from bench.common import hf_attn_implementation, REPO_ROOT, append_results, measure_peak_cpu, measure_peak_gpu, print_table, time_cpu, time_gpu
 from engine import log
 from engine.batching import to_device
 from engine.hf_checkpoint import save_hf
@@ -230,13 +230,7 @@ def build_hf(model, dtype: torch.dtype, device: torch.device):
     engine's own export), SDPA attention (flash-attn 2 on CUDA when installed)."""
     import transformers
 
-    attn = "sdpa"
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-            attn = "flash_attention_2"
-        except ImportError:
-            pass
+    attn = hf_attn_implementation(device)
     with tempfile.TemporaryDirectory() as d:
         save_hf(model, d, dtype=dtype)
         hf = transformers.LlamaForCausalLM.from_pretrained(d, dtype=dtype, attn_implementation=attn)

@@ -213,3 +213,14 @@ def measured_peaks() -> dict[str, float]:
 
 def tflops(flops: float, ms: float) -> float:
     return flops / ms / 1e9
+
+
+def hf_attn_implementation(device: torch.device) -> str:
+    """transformers' attention for a baseline: flash-attn 2 on CUDA when installed, else SDPA."""
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 import types
 import typing
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 

@@ -41,7 +41,6 @@ Numerical contract
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 

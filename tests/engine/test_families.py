@@ -4,7 +4,6 @@ at toy size, both ways (load_hf, save_hf); presets against transformers' paramet
 the published configs; a tied head stays one parameter through FSDP2 and reaches fused losses."""
 import dataclasses
 import json
-import os
 
 import pytest
 import torch
@@ -193,13 +192,6 @@ def test_hf_config_rejects_what_the_model_cannot_express():
 # ----------------------------------------------------------------------------- FSDP2 (1 process)
 
 
-@pytest.fixture(scope="module")
-def world1():
-    from engine.parallel import destroy_distributed, init_distributed
-    assert "WORLD_SIZE" not in os.environ
-    world = init_distributed(timeout_s=60, device_type="cpu")
-    yield world
-    destroy_distributed()
 
 
 def test_tied_head_stays_one_parameter_under_fsdp_and_reaches_fused_losses(world1):

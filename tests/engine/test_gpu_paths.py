@@ -8,11 +8,9 @@
 - every collective's tensor lives on a device that the GPU job's process group serves
   (tests/recipes/test_collectives.py).
 """
-import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from engine import attention as attn_mod
 from engine import parallel
@@ -122,12 +120,6 @@ def test_auto_backend_never_flash_for_fp32(monkeypatch):
     assert select_backend(cuda, "auto", torch.bfloat16) == "flex"
 
 
-@pytest.fixture(scope="module")
-def world1():
-    assert "WORLD_SIZE" not in os.environ
-    w = parallel.init_distributed(timeout_s=60, device_type="cpu")
-    yield w
-    parallel.destroy_distributed()
 
 
 def test_rope_tables_stay_fp32_under_bf16_mixed_precision(world1, monkeypatch):

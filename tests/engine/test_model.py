@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention import attention, build_doc_mask
-from engine.model_config import PRESETS, ModelConfig
+from engine.model_config import PRESETS
 from engine.model import build_model
 from tests.helpers import make_model, tiny_model_config
 

@@ -7,7 +7,6 @@ recipe.py` gets, and activation checkpointing, are tested in this process.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -17,8 +16,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict
 import _dist_worker as W
 from engine.config import ConfigError
 from engine.model import build_model
-from engine.parallel import (World, ParallelConfig, build_mesh, destroy_distributed, init_distributed,
-                             materialize, parallelize)
+from engine.parallel import ParallelConfig, World, build_mesh, materialize, parallelize
 
 from tests.helpers import rel_err
 
@@ -89,12 +87,6 @@ def test_load_full_state_dict_into_shards(two_ranks):
 # one process: the group a plain `python recipe.py` gets
 
 
-@pytest.fixture(scope="module")
-def world1():
-    assert "WORLD_SIZE" not in os.environ
-    d = init_distributed(timeout_s=60, device_type="cpu")
-    yield d
-    destroy_distributed()
 
 
 def wrapped(world, **kw):

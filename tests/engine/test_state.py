@@ -18,7 +18,7 @@ import torch.distributed.checkpoint as dcp
 import _dist_worker as W
 from engine import train_checkpoint
 from engine.model import build_model
-from engine.parallel import ParallelConfig, destroy_distributed, init_distributed, materialize, parallelize
+from engine.parallel import ParallelConfig, materialize, parallelize
 
 
 
@@ -60,11 +60,6 @@ def test_saved_names_are_metas(resumed):
 # one process
 
 
-@pytest.fixture
-def world1():
-    d = init_distributed(timeout_s=60, device_type="cpu")
-    yield d
-    destroy_distributed()
 
 
 def fsdp_run(world, seed: int = 0):

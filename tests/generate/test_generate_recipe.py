@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 from recipe_utils import child_env, run, torchrun_cmd  # noqa: E402

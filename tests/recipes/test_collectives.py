@@ -7,12 +7,10 @@ tensors only, and its first multi-GPU SFT step (token counts) and cached-referen
 module-level collectives (the engine's reductions and broadcasts, DCP's object collectives);
 FSDP2's all-gathers and reduce-scatters call the process group directly, on the device its
 parameters live on (world.device), so they cannot meet a device the group does not serve."""
-import os
-
 import pytest
 
 from engine import parallel
-from recipe_utils import FAST, REPO, free_port, run
+from recipe_utils import FAST, REPO, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -106,3 +106,22 @@ def test_sft_then_dpo_and_back_to_transformers(checkpoint, tmp_path):
     assert rows[0]["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-4)
     err = assert_export_matches_transformers(dpo / "final", hf_cfg.vocab_size)
     print(f"{hf_cfg.model_type} DPO export: logits rel err {err:.2e}")
+    # every other preference loss on the same family, in-process (1-process group), 1 step each
+    import math
+
+    from engine.losses import PREFERENCE_LOSSES
+    from recipes import dpo as dpo_recipe
+    for loss_type in sorted(set(PREFERENCE_LOSSES) - {"sigmoid"}):
+        out = tmp_path / f"dpo-{loss_type}"
+        dpo_recipe.main([*common(tmp_path / "cache", out, final, pairs), "max_steps=1", f"dpo.loss_type={loss_type}",
+                         "dpo.rpo_alpha=0.5" if loss_type == "simpo" else "dpo.rpo_alpha=0"])
+        first = metrics(out)[0]["loss"]
+        assert math.isfinite(first), loss_type
+        if loss_type in ("robust", "dpo_norm"):  # policy = reference at step 1: log 2
+            assert first == pytest.approx(math.log(2), abs=1e-4), loss_type
+        if loss_type == "hinge":
+            assert first == pytest.approx(1.0, abs=1e-4)
+        if loss_type == "ipo":  # (0 - 1 / (2 beta))^2 with beta 0.1
+            assert first == pytest.approx(25.0, abs=1e-3)
+        err = assert_export_matches_transformers(out / "final", hf_cfg.vocab_size)
+        print(f"{hf_cfg.model_type} DPO {loss_type} export: logits rel err {err:.2e}")
