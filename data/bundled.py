@@ -173,14 +173,29 @@ def _ie_conversation(rng: random.Random, task: str, n_demos: int):
     return messages, text, gold, options
 
 
+def _copy_source(rng: random.Random) -> str:
+    """Something to copy: mostly a random list of the tasks' words and names (nothing to guess
+    from, so only copying answers it), else a sentence of the NER task."""
+    if rng.random() < 0.25:
+        return _fill(rng, rng.choice(NER_SENTENCES))[0]
+    pool = sorted({w for v in WORDS + [v for vs in SLOTS.values() for v in vs]
+                   + [t for ts, _ in EVENTS.values() for t in ts] for w in v.split()})
+    return " ".join(rng.choice(pool) for _ in range(rng.randint(4, 12)))
+
+
 def _chat(rng: random.Random) -> list[dict]:
+    """General chat, mostly copying (what extraction mostly is): repeat a sentence or a list,
+    then arithmetic, upper-casing and word counts."""
     messages = []
-    for _ in range(rng.randint(1, 3)):
-        kind = rng.randrange(3)
+    for _ in range(rng.randint(2, 4)):
+        kind = rng.choice([0, 0, 0, 0, 0, 1, 2, 3])
         if kind == 0:
+            s = _copy_source(rng)
+            q, ans = f"Repeat exactly: '{s}'", s
+        elif kind == 1:
             a, b = rng.randint(2, 99), rng.randint(2, 99)
             q, ans = f"What is {a} + {b}?", f"{a} + {b} = {a + b}."
-        elif kind == 1:
+        elif kind == 2:
             w = rng.choice(WORDS + [p.split()[0] for p in PEOPLE])
             q, ans = f"Write the word \"{w}\" in capital letters.", w.upper()
         else:
@@ -218,14 +233,14 @@ def _corrupt(rng: random.Random, task: str, text: str, gold, options) -> tuple[s
 def generate(seed: int = 0, n_sft: int = 3000, n_dpo: int = 1000) -> tuple[list[dict], list[dict]]:
     """The SFT records and DPO records (as written to sft.jsonl / dpo.json)."""
     rng = random.Random(seed)
-    tasks = ["ner"] * 7 + ["re"] * 5 + ["ed"] * 5 + ["chat"] * 3
+    tasks = ["ner"] * 5 + ["re"] * 4 + ["ed"] * 4 + ["chat"] * 7
     sft = []
     for i in range(n_sft):
         task = rng.choice(tasks)
         if task == "chat":
             messages = _chat(rng)
         else:
-            n_demos = rng.choice([0, 0, 0, 1, 2, 3])
+            n_demos = rng.choice([0, 0, 1, 2, 3, 4])
             messages, _, gold, _ = _ie_conversation(rng, task, n_demos)
             messages.append({"role": "assistant", "content": _answer(task, gold)})
         sft.append({"dataset": f"bundled-{task}", "id": f"{task}-{i:05d}", "messages": messages})
