@@ -85,7 +85,7 @@ from engine import log
 from engine.batching import to_device
 from engine.hf_checkpoint import save_hf
 from engine.model_config import PRESETS as MODEL_PRESETS
-from engine.model_config import ModelConfig
+from engine.model_config import ModelConfig, RopeScaling
 from engine.model import build_model
 from engine.losses import preference_loss, score_documents, sft_loss
 from engine.optim import build_optimizer, build_scheduler
@@ -119,6 +119,11 @@ PRESETS: dict[str, BenchPreset] = {
     # CPU, the debug widths with Llama-2's 32000 vocabulary: the head is ~3/4 of the matmul FLOPs.
     "debug-32k": BenchPreset(dataclasses.replace(MODEL_PRESETS["debug"], vocab_size=32000),
                              seq_len=512, rows=8, scale=0.1),
+    # CPU, a Llama-3.2-shaped small model: debug's widths with Llama-3's 128,256-id vocabulary,
+    # tied head, RoPE theta 500,000 and Llama-3 frequency scaling (the DPO step vs TRL, issue 14).
+    "llama3-tiny-128k": BenchPreset(dataclasses.replace(MODEL_PRESETS["debug"], vocab_size=128256, rope_theta=500000.0,
+                                                        rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True),
+                                    seq_len=512, rows=8, scale=0.1),
     # A tiny model for the pytest-benchmark view (seconds per case on 2 cores).
     "tiny": BenchPreset(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=TOKENIZER_VOCAB,
                                     multiple_of=32, max_seq_len=256), seq_len=256, rows=2, scale=0.15,
