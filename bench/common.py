@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -38,7 +39,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # ----------------------------------------------------------------------------- results log
 
+@functools.cache
 def _git_sha() -> str:
+    """The measured code's sha, read once per process: the rows a run appends must not make
+    its own later rows look like a dirty tree's."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
                              capture_output=True, text=True, check=True).stdout.strip()
