@@ -38,4 +38,4 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 echo "setup: installing the engine$extras"
 "${PIP[@]}" -e ".$extras"
-.venv/bin/python -c "import torch, data.pack as p; print(f'setup: torch {torch.__version__}, cuda={torch.cuda.is_available()}, native packer={p.NATIVE}')"
+.venv/bin/python -c "import torch, ie_engine.data.pack as p; print(f'setup: torch {torch.__version__}, cuda={torch.cuda.is_available()}, native packer={p.NATIVE}')"

@@ -1,6 +1,6 @@
-"""Benchmark: ADELIE's character BLEU, NLTK vs data.char_bleu (one pair at a time and batched).
+"""Benchmark: ADELIE's character BLEU, NLTK vs ie_engine.data.char_bleu (one pair at a time and batched).
 
-    python -m bench.bench_char_bleu [--pairs 5000] [--chars 200] [--samples 5] [--seed 0]
+    python -m ie_engine.bench.bench_char_bleu [--pairs 5000] [--chars 200] [--samples 5] [--seed 0]
 
 Pairs are synthetic IE answers of about --chars characters: tuple lists "(head; relation; tail)"
 over a small vocabulary (repetitive, like real IE answers), each gold with --samples sampled
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import random
 
-from bench.common import append_results, time_cpu
-from data.char_bleu import char_bleu, char_bleu_many
+from ie_engine.bench.common import append_results, time_cpu
+from ie_engine.data.char_bleu import char_bleu, char_bleu_many
 
 WORDS = ("Ada Lovelace, Alan Turing, Paris, Vienna, Acme Labs, the World Bank, 1998, June 2004, "
          "person, location, organization, date, founded by, located in, member of, born in, "

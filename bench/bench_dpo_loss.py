@@ -1,7 +1,7 @@
 """Benchmark the fused DPO loss: Triton kernel vs its eager reference vs torch.compile(reference).
 
-    python -m bench.bench_dpo_loss                       # GPU if there is one, else CPU
-    python -m bench.bench_dpo_loss --device cpu --sizes 4096 --no-compile
+    python -m ie_engine.bench.bench_dpo_loss                       # GPU if there is one, else CPU
+    python -m ie_engine.bench.bench_dpo_loss --device cpu --sizes 4096 --no-compile
 
 For each batch size B (pairs) and pass (fwd, bwd, fwd+bwd) it prints and appends to
 bench/results/dpo_loss.jsonl: median time (do_bench on GPU, wall clock on CPU), effective GB/s
@@ -21,9 +21,15 @@ import argparse
 
 import torch
 
-from bench.common import (append_results, measure_peak_cpu, measure_peak_gpu, measured_peaks, time_cpu,
-                          time_gpu)
-from kernels.dpo_loss import dpo_loss, dpo_loss_ref
+from ie_engine.bench.common import (
+    append_results,
+    measure_peak_cpu,
+    measure_peak_gpu,
+    measured_peaks,
+    time_cpu,
+    time_gpu,
+)
+from ie_engine.kernels.dpo_loss import dpo_loss, dpo_loss_ref
 
 BYTES_PER_PAIR = {"fwd": 28, "bwd": 28, "fwd+bwd": 56}
 

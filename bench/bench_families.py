@@ -1,7 +1,7 @@
 """Benchmark: the fused head's extra memory and time vs eager at each family's vocabulary.
 
-    python -m bench.bench_families                 # CPU, N=512 tokens, H=128: under a minute
-    python -m bench.bench_families --n 2048 --no-save
+    python -m ie_engine.bench.bench_families                 # CPU, N=512 tokens, H=128: under a minute
+    python -m ie_engine.bench.bench_families --n 2048 --no-save
 
 ADELIE's bases differ most where the head costs most: Llama-2's 32,000 ids, Llama-3's 128,256 and
 Qwen2.5's padded 151,936. At each V, fwd+bwd of the eager head (logits -> log_softmax -> gather:
@@ -24,10 +24,10 @@ import os
 
 import torch
 
-from bench.bench_fused_linear_logprob import cases, fwd_bwd, make_inputs
-from bench.common import append_results, measure_peak_cpu, print_table, time_cpu
+from ie_engine.bench.bench_fused_linear_logprob import cases, fwd_bwd, make_inputs
+from ie_engine.bench.common import append_results, measure_peak_cpu, print_table, time_cpu
 
-flp = importlib.import_module("kernels.fused_linear_logprob")  # the module (for its chunk policy)
+flp = importlib.import_module("ie_engine.kernels.fused_linear_logprob")  # the module (for its chunk policy)
 
 VOCABS = {"llama2": 32000, "llama3": 128256, "qwen2.5": 151936}
 

@@ -1,8 +1,8 @@
 """Benchmark: fused lm-head log-probs / SFT cross-entropy vs eager (and torch.compile on GPU).
 
-    python -m bench.bench_fused_linear_logprob            # GPU if there is one, else CPU
-    python -m bench.bench_fused_linear_logprob --device cpu --n 2048   # a quicker CPU run
-    python -m bench.bench_fused_linear_logprob --bf16-logits          # GPU: what fp32 logits cost
+    python -m ie_engine.bench.bench_fused_linear_logprob            # GPU if there is one, else CPU
+    python -m ie_engine.bench.bench_fused_linear_logprob --device cpu --n 2048   # a quicker CPU run
+    python -m ie_engine.bench.bench_fused_linear_logprob --bf16-logits          # GPU: what fp32 logits cost
 
 GPU (bf16, N=8192, H=4096, V=32000): fwd, bwd and fwd+bwd of eager (fused_linear_logprob_ref:
 fp32 logits from fp32 copies of hidden and weight -> log_softmax -> gather; the spec, so heavier
@@ -28,14 +28,20 @@ import importlib
 
 import torch
 
-from bench.common import (append_results, measure_peak_cpu, measure_peak_gpu, measured_peaks, time_cpu,
-                          time_gpu)
-from kernels import _dispatch as kernels_dispatch
-from kernels import (fused_linear_cross_entropy, fused_linear_cross_entropy_ref, fused_linear_logprob,
-                     fused_linear_logprob_ref)
+from ie_engine.bench.common import (
+    append_results,
+    measure_peak_cpu,
+    measure_peak_gpu,
+    measured_peaks,
+    time_cpu,
+    time_gpu,
+)
+from ie_engine.kernels import _dispatch as kernels_dispatch
+from ie_engine.kernels.cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_ref
+from ie_engine.kernels.fused_linear_logprob import fused_linear_logprob, fused_linear_logprob_ref
 
-flp = importlib.import_module("kernels.fused_linear_logprob")  # the modules, for their internals
-ce = importlib.import_module("kernels.cross_entropy")
+flp = importlib.import_module("ie_engine.kernels.fused_linear_logprob")  # the modules, for their internals
+ce = importlib.import_module("ie_engine.kernels.cross_entropy")
 
 
 def make_inputs(n, h, v, dtype, device):
@@ -187,7 +193,7 @@ def main():
     args = ap.parse_args()
     rows = bench_gpu(args) if args.device == "cuda" else bench_cpu(args)
     if args.no_save:
-        from bench.common import print_table
+        from ie_engine.bench.common import print_table
         print_table(rows)
     else:
         append_results("fused_linear_logprob", rows)

@@ -1,10 +1,10 @@
-"""Benchmark: generated tokens/s of engine.generate vs transformers `generate`, same model, same
+"""Benchmark: generated tokens/s of ie_engine.engine.generate.generator vs transformers `generate`, same model, same
 prompts, same settings.
 
-    python -m bench.bench_generate                                   # CPU: debug and llama2-100m, fp32
-    python -m bench.bench_generate --device cuda --preset llama2-1b llama2-7b --batch 1 64
+    python -m ie_engine.bench.bench_generate                                   # CPU: debug and llama2-100m, fp32
+    python -m ie_engine.bench.bench_generate --device cuda --preset llama2-1b llama2-7b --batch 1 64
 
-Model: random weights from a preset (engine/model_config.py; llama2-100m is 101.9M parameters),
+Model: random weights from a preset (engine/model/config.py; llama2-100m is 101.9M parameters),
 exported with save_hf and loaded by transformers (SDPA attention; flash-attn 2 on CUDA when
 installed), so both run the same weights in the same dtype (CPU fp32, CUDA bf16).
 Prompts: the first `batch` records of the bundled IE data (data/bundled.py), rendered with the
@@ -22,7 +22,7 @@ bytes: what each row needs, not what padding makes an implementation read) at th
 (H200 4.8 TB/s). CPU, compute (a batch-16 step is compute-bound there: a 16-row fp32 GEMM streams
 its weights at ~6 GB/s while a read-only pass runs at ~30): 2 x batch x (matmul weights) + 4 x
 batch x layers x dim x mean attended length FLOPs per step at the measured fp32 matmul rate
-(engine.log.measure_matmul_flops, the rate the training loop's CPU MFU uses).
+(ie_engine.engine.log.measure_matmul_flops, the rate the training loop's CPU MFU uses).
 Timing: CPU wall clock, cases round robin, median of --rep after a warm-up, 1 thread by default
 (the 2-core machine is shared); CUDA wall clock around synchronize, median of --rep.
 Targets: CPU ours >= 2x transformers on debug, not slower on llama2-100m.
@@ -39,21 +39,21 @@ from pathlib import Path
 
 import torch
 
-from bench.common import hf_attn_implementation, append_results
-from engine.generate import Generator, Request, build_generation_model
-from engine.hf_checkpoint import save_hf
-from engine.log import measure_matmul_flops
-from engine.model import build_model
-from engine.model_config import PRESETS, ModelConfig
-from engine.run_config import GenerateSection
+from ie_engine.bench.common import append_results, hf_attn_implementation
+from ie_engine.engine.generate.config import GenerateSection
+from ie_engine.engine.generate.generator import Generator, Request, build_generation_model
+from ie_engine.engine.log import measure_matmul_flops
+from ie_engine.engine.model.config import PRESETS, ModelConfig
+from ie_engine.engine.model.hf_checkpoint import save_hf
+from ie_engine.engine.model.transformer import build_model
 
 HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
 
 
 def bundled_prompts(batch: int, cache_dir: str) -> list[list[int]]:
-    from data.bundled import ensure_default_assets
-    from data.tokenizer import Tokenizer
-    from engine.generate_files import encode_prompt, prompt_messages
+    from ie_engine.data.bundled import ensure_default_assets
+    from ie_engine.data.tokenizer import Tokenizer
+    from ie_engine.engine.generate.files import encode_prompt, prompt_messages
     assets = ensure_default_assets(cache_dir)
     tok = Tokenizer(assets["tokenizer"])
     lines = Path(assets["sft"]).read_text().splitlines()[:batch]
@@ -80,7 +80,7 @@ _GENERATORS: dict = {}
 
 
 def run_ours(model, prompts, new_tokens: int) -> list[list[int]]:
-    """engine.generate on all prompts at once. On CUDA the Generator (KV cache, captured CUDA
+    """ie_engine.engine.generate.generator on all prompts at once. On CUDA the Generator (KV cache, captured CUDA
     graphs) is kept between calls, as one long generate call keeps it: the timing is of
     generation, not of one-time graph capture. On CPU every call allocates afresh, as
     transformers does."""

@@ -1,8 +1,8 @@
 """Benchmark rms_norm, apply_rope and swiglu: Triton kernel vs eager reference vs torch.compile
 of the reference, forward / backward / both, time, peak memory and bandwidth.
 
-    python -m bench.bench_norm_rope_swiglu            # GPU: LLaMA-7B shapes, bf16
-    python -m bench.bench_norm_rope_swiglu --small    # small shapes (the default on CPU)
+    python -m ie_engine.bench.bench_norm_rope_swiglu            # GPU: LLaMA-7B shapes, bf16
+    python -m ie_engine.bench.bench_norm_rope_swiglu --small    # small shapes (the default on CPU)
 
 Shapes (GPU): 8192 tokens (4 x 2048), dim 4096, FFN 11008, 32 q and 32 kv heads of 128.
 All three ops are memory-bound, so the figure of merit is GB/s: the minimum bytes each op must
@@ -23,11 +23,17 @@ from typing import Callable
 
 import torch
 
-from bench.common import (append_results, measure_peak_cpu, measure_peak_gpu, measured_peaks, time_cpu,
-                          time_gpu)
-from kernels.rms_norm import rms_norm, rms_norm_ref
-from kernels.rope import apply_rope, apply_rope_ref
-from kernels.swiglu import swiglu, swiglu_ref
+from ie_engine.bench.common import (
+    append_results,
+    measure_peak_cpu,
+    measure_peak_gpu,
+    measured_peaks,
+    time_cpu,
+    time_gpu,
+)
+from ie_engine.kernels.rms_norm import rms_norm, rms_norm_ref
+from ie_engine.kernels.rope import apply_rope, apply_rope_ref
+from ie_engine.kernels.swiglu import swiglu, swiglu_ref
 
 EPS = 1e-5
 LLAMA_7B = dict(batch=4, seq=2048, dim=4096, ffn=11008, n_heads=32, n_kv_heads=32, head_dim=128)

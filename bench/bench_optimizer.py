@@ -1,7 +1,7 @@
 """AdamW step time on FSDP2-sharded parameters (DTensors): the engine's choices (foreach on
 CPU, fused on CUDA) against the one-tensor-at-a-time loop (foreach=False) the first version used.
 
-    python -m bench.bench_optimizer [--device cpu|cuda] [--preset debug llama2-100m]
+    python -m ie_engine.bench.bench_optimizer [--device cpu|cuda] [--preset debug llama2-100m]
 
 One process group of 1 (the same FSDP2 code path as N ranks); gradients filled with noise; the
 median of --rep steps after a warm-up. Rows go to bench/results/optimizer.jsonl.
@@ -12,12 +12,12 @@ import argparse
 
 import torch
 
-from bench.common import append_results, print_table, time_cpu, time_gpu
-from engine import parallel
-from engine.model import build_model
-from engine.model_config import PRESETS
-from engine.optim import build_optimizer
-from engine.run_config import OptimConfig, ParallelConfig
+from ie_engine.bench.common import append_results, print_table, time_cpu, time_gpu
+from ie_engine.engine import parallel
+from ie_engine.engine.model.config import PRESETS
+from ie_engine.engine.model.transformer import build_model
+from ie_engine.engine.run_config import OptimConfig, ParallelConfig
+from ie_engine.engine.train.optim import build_optimizer
 
 
 def step_ms(model, implementation: str, device: torch.device, rep: int) -> float:

@@ -1,7 +1,7 @@
-"""Benchmark packing: the native helper (data._packer) vs its NumPy twin.
+"""Benchmark packing: the native helper (ie_engine.data._packer) vs its NumPy twin.
 
-    python -m bench.bench_pack                    # 10M ADELIE-like documents, seq_len 2048
-    python -m bench.bench_pack --n 1000000 --rep 5
+    python -m ie_engine.bench.bench_pack                    # 10M ADELIE-like documents, seq_len 2048
+    python -m ie_engine.bench.bench_pack --n 1000000 --rep 5
 
 Steps: pack_bfd (best fit decreasing alone), pack_documents (best fit + the repair of the
 emptiest rows: what data/prepare.py runs) and build_row_index. Both backends are checked to
@@ -19,8 +19,8 @@ import argparse
 
 import numpy as np
 
-from bench.common import append_results, measure_peak_cpu, time_cpu
-from data import pack
+from ie_engine.bench.common import append_results, measure_peak_cpu, time_cpu
+from ie_engine.data import pack
 
 
 def adelie_like_lengths(n: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if not pack.NATIVE:
-        raise SystemExit("data._packer is not built (pip install -e .); nothing to compare")
+        raise SystemExit("ie_engine.data._packer is not built (pip install -e .); nothing to compare")
 
     lengths = adelie_like_lengths(args.n, args.seq_len, np.random.default_rng(args.seed))
     packers = {"pack_bfd": pack.pack_bfd, "pack_documents": pack.pack_documents}

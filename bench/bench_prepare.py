@@ -1,6 +1,6 @@
-"""Benchmark: tokenize + pack 400k ADELIE-like conversations end to end with data.prepare.
+"""Benchmark: tokenize + pack 400k ADELIE-like conversations end to end with ie_engine.data.prepare.
 
-    python -m bench.bench_prepare [--n 400000] [--seq-len 2048] [--workers K] [--vocab 32000]
+    python -m ie_engine.bench.bench_prepare [--n 400000] [--seq-len 2048] [--workers K] [--vocab 32000]
 
 The data is synthetic (no dataset is downloaded) but shaped like ADELIE's SFT mixture: zero-shot
 closed IE (user instruction + text + options, short answer), few-shot multi-turn (4 demonstration
@@ -36,7 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
-from data.files import open_atomic
+from ie_engine.data.files import open_atomic
 
 LETTER_FREQ = {"e": 12.7, "t": 9.1, "a": 8.2, "o": 7.5, "i": 7.0, "n": 6.7, "s": 6.3, "h": 6.1,
                "r": 6.0, "d": 4.3, "l": 4.0, "c": 2.8, "u": 2.8, "m": 2.4, "w": 2.4, "f": 2.2,
@@ -165,7 +165,7 @@ def write_jsonl(records, path: str | os.PathLike) -> str:
 
 def build_assets(work: str, n: int, vocab: int, seed: int = 0, files: int = 4) -> tuple[list[str], str]:
     """Synthetic JSONL files (n records split over `files`) + a trained tokenizer, cached in work."""
-    from data.tokenizer import train_tokenizer
+    from ie_engine.data.tokenizer import train_tokenizer
 
     work = Path(work)
     src = TextSource(seed)
@@ -195,10 +195,9 @@ def tokenizer_throughput(inputs: list[str], tok_path: str, n: int = 20000) -> li
     cache is timed on the second half of the records (warm, as in a long run) and must give the
     same ids as plain sentencepiece.
     """
-    from data.formats import read_sft
-    from data.tokenizer import WordCacheTokenizer
-    from data.template import encode_conversation
-    from data.tokenizer import Tokenizer
+    from ie_engine.data.formats import read_sft
+    from ie_engine.data.template import encode_conversation
+    from ie_engine.data.tokenizer import Tokenizer, WordCacheTokenizer
 
     recs = []
     for p in inputs:
@@ -238,9 +237,9 @@ def main() -> None:
     ap.add_argument("--target-s", type=float, default=120.0)
     a = ap.parse_args()
 
-    from bench.common import append_results
-    from data.cache import TokenCache
-    from data.prepare import _default_workers, prepare
+    from ie_engine.bench.common import append_results
+    from ie_engine.data.cache import TokenCache
+    from ie_engine.data.prepare import _default_workers, prepare
 
     inputs, tok_path = build_assets(a.work, a.n, a.vocab)
     out = os.path.join(a.work, f"cache_n{a.n}")

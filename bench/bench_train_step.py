@@ -1,9 +1,9 @@
 """Benchmark: one optimizer step (forward + backward + AdamW) of SFT and DPO, ours vs the baselines.
 
-    python -m bench.bench_train_step                          # CPU: the debug preset
-    python -m bench.bench_train_step --device cuda --preset llama2-1b llama2-7b-4l
+    python -m ie_engine.bench.bench_train_step                          # CPU: the debug preset
+    python -m ie_engine.bench.bench_train_step --device cuda --preset llama2-1b llama2-7b-4l
 
-What one step is: `engine.train_step.train_step` (gradient clipping, AdamW, LR scheduler, zero_grad)
+What one step is: `ie_engine.engine.train.step.train_step` (gradient clipping, AdamW, LR scheduler, zero_grad)
 around each case's loss, over the micro-batches of one fixed set of examples. Every case runs
 the same examples on the same weights (lr = 0, so AdamW does all its arithmetic but the weights,
 and with them the losses and gradient norms, stay comparable across cases: the suite checks that
@@ -19,7 +19,7 @@ and use seq_len 512, about ADELIE's shape at a quarter of the row length and hal
 length. The measured length percentiles are in the summary row.
 
 SFT cases (the examples of `rows` packed rows of the SFT token cache):
-  ours_fused_packed     packed rows (TokenCache.batch: doc_ids, positions), engine.losses.sft_loss
+  ours_fused_packed     packed rows (TokenCache.batch: doc_ids, positions), ie_engine.engine.train.losses.sft_loss
                         (fused linear cross-entropy: the (N, V) logits never exist)
   ours_logits_packed    the same rows, model(...) -> (B, T, V) fp32 logits -> F.cross_entropy(sum) / n
   ours_fused_padded     the same examples, one per row, in micro-batches of --padded-batch examples
@@ -29,7 +29,7 @@ SFT cases (the examples of `rows` packed rows of the SFT token cache):
                         num_items_in_batch so the normalisation equals ours)
 DPO cases (the pairs of `rows` packed rows of the DPO token cache; reference log-probs are
 cached for every case, from a second model with another seed, as dpo.reference=cached does):
-  ours_dpo_packed       engine.losses.preference_loss: fused log-probs -> per-sequence sums -> fused DPO loss
+  ours_dpo_packed       ie_engine.engine.train.losses.preference_loss: fused log-probs -> per-sequence sums -> fused DPO loss
   trl_logits_padded     the same pairs as one padded batch [chosen..., rejected...] (TRL's
                         concatenated forward) -> HF logits -> trl.trainer.utils.selective_log_softmax
                         -> masked sums -> TRL's sigmoid loss. This is TRL's DPO up to 0.2x, which
@@ -39,11 +39,11 @@ cached for every case, from a second model with another seed, as dpo.reference=c
                         the outputs DPOTrainer asks for), called on a stand-in trainer object.
 
 Reported per case: real (non-pad) tokens/s, MFU, extra peak memory of the step, pad fraction.
-  MFU = engine.log.step_flops(...) / step time / peak, where step_flops = 6 * P * real tokens
+  MFU = ie_engine.engine.log.step_flops(...) / step time / peak, where step_flops = 6 * P * real tokens
   + 12 * n_layers * dim * sum_d L_d (L_d + 1) / 2 (P = parameters outside the embedding; the
   attention term counts each document's causal pairs only), the same formula the training loop
-  logs. Peak: on CUDA engine.log.device_peak_flops (bf16 data sheet); on CPU a measured fp32
-  1024^3 matmul rate (engine.log.measure_matmul_flops), re-measured in every timing round and
+  logs. Peak: on CUDA ie_engine.engine.log.device_peak_flops (bf16 data sheet); on CPU a measured fp32
+  1024^3 matmul rate (ie_engine.engine.log.measure_matmul_flops), re-measured in every timing round and
   taken as the median, so load from other processes lowers both sides of the fraction.
   Peak memory: extra bytes over what was resident before the step (weights, AdamW state and
   data are already there; gradients are None, so they count): CPU bench.common.measure_peak_cpu
@@ -56,7 +56,7 @@ Timing: CPU wall clock, cases round robin, median of --rep, 1 thread by default 
 Targets (benchmarks, not tests): CPU SFT ours_fused_packed >= 1.5x hf_padded real tokens/s;
 DPO ours_dpo_packed extra peak <= 0.5x TRL's. GPU: SFT MFU >= 50% (llama2-1b); DPO >= 1.5x
 TRL's tokens/s. Rows are appended to bench/results/train_step.jsonl (one per case, plus a
-summary row with the ratios); `python -m bench.plot` draws the latest run.
+summary row with the ratios); `python -m ie_engine.bench.plot` draws the latest run.
 """
 from __future__ import annotations
 
@@ -80,17 +80,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.common import hf_attn_implementation, REPO_ROOT, append_results, measure_peak_cpu, measure_peak_gpu, print_table, time_cpu, time_gpu
-from engine import log
-from engine.batching import to_device
-from engine.hf_checkpoint import save_hf
-from engine.model_config import PRESETS as MODEL_PRESETS
-from engine.model_config import ModelConfig, RopeScaling
-from engine.model import build_model
-from engine.losses import preference_loss, score_documents, sft_loss
-from engine.optim import build_optimizer, build_scheduler
-from engine.run_config import DPOSection, OptimConfig
-from engine.train_step import train_step
+from ie_engine.bench.common import (
+    REPO_ROOT,
+    append_results,
+    hf_attn_implementation,
+    measure_peak_cpu,
+    measure_peak_gpu,
+    print_table,
+    time_cpu,
+    time_gpu,
+)
+from ie_engine.engine import log
+from ie_engine.engine.model.config import PRESETS as MODEL_PRESETS
+from ie_engine.engine.model.config import ModelConfig, RopeScaling
+from ie_engine.engine.model.hf_checkpoint import save_hf
+from ie_engine.engine.model.transformer import build_model
+from ie_engine.engine.run_config import DPOSection, OptimConfig
+from ie_engine.engine.train.batching import to_device
+from ie_engine.engine.train.losses import preference_loss, score_documents, sft_loss
+from ie_engine.engine.train.optim import build_optimizer, build_scheduler
+from ie_engine.engine.train.step import train_step
 
 IGNORE = -100
 BETA = 0.1
@@ -143,10 +152,10 @@ DPO_CASES = ("ours_dpo_packed", "trl_logits_padded", "trl_fused_padded")
 
 def build_caches(preset: BenchPreset, work: str) -> tuple:
     """Synthetic SFT + DPO JSONL, a tokenizer, and their token caches (built once under work)."""
-    from bench.bench_prepare import TextSource, synthetic_dpo, synthetic_sft, write_jsonl
-    from data.cache import TokenCache
-    from data.prepare import prepare
-    from data.tokenizer import train_tokenizer
+    from ie_engine.bench.bench_prepare import TextSource, synthetic_dpo, synthetic_sft, write_jsonl
+    from ie_engine.data.cache import TokenCache
+    from ie_engine.data.prepare import prepare
+    from ie_engine.data.tokenizer import train_tokenizer
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -417,7 +426,7 @@ def measure(cases: list[Case], device: torch.device, rep: int, cpu_peak: Callabl
 def cpu_peak_in_subprocess(preset: str, case: str, args) -> float:
     """Extra peak RSS (MiB) of one step of one case, measured in a fresh process that builds
     only that case: no other case's models, tensors or heap fragments share the measurement."""
-    cmd = [sys.executable, "-m", "bench.bench_train_step", "--device", "cpu", "--preset", preset,
+    cmd = [sys.executable, "-m", "ie_engine.bench.bench_train_step", "--device", "cpu", "--preset", preset,
            "--peak-of", case, "--threads", str(args.threads), "--padded-batch", str(args.padded_batch),
            "--work", args.work]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,

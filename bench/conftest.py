@@ -1,10 +1,7 @@
 """`pytest bench/ --benchmark-only`: after the run, every benchmark's timing is appended to
 bench/results/pytest_benchmark.jsonl with the date, git sha, device and versions (through
-bench/common.py), like the `python -m bench.<suite>` runs."""
-import sys
-from pathlib import Path
+bench/common.py), like the `python -m ie_engine.bench.<suite>` runs."""
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -12,7 +9,7 @@ def pytest_sessionfinish(session, exitstatus):
     benches = [b for b in (getattr(bs, "benchmarks", None) or []) if b and not b.has_error]
     if not benches:
         return
-    from bench.common import append_results
+    from ie_engine.bench.common import append_results
     rows = []
     for b in benches:
         s = b.stats

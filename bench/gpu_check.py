@@ -1,10 +1,11 @@
 """The one-command GPU check: the GPU tests and the GPU benchmarks, and one summary table.
 
-    python -m bench.gpu_check                    # one GPU (H200: at most 8 minutes in all)
-    python -m bench.gpu_check --out DIR          # everything goes to DIR instead of bench/results
-    python -m bench.gpu_check --out "$OUT"       # on a lent device machine: the results come back
-    python -m bench.gpu_check --dry-run          # tiny shapes on CPU (the default without CUDA)
-    python -m bench.gpu_check --skip recipes generate
+    python -m ie_engine.bench.gpu_check          # one GPU (H200: at most 8 minutes in all)
+    python3 bench/gpu_check.py --out "$OUT"      # the same from an uninstalled source tree (bench/source_tree.py)
+    python -m ie_engine.bench.gpu_check --out DIR          # everything goes to DIR instead of bench/results
+    python -m ie_engine.bench.gpu_check --out "$OUT"       # on a lent device machine: the results come back
+    python -m ie_engine.bench.gpu_check --dry-run          # tiny shapes on CPU (the default without CUDA)
+    python -m ie_engine.bench.gpu_check --skip recipes generate
 
 Each stage is its own subprocess with its own timeout; a stage that fails or times out is
 reported in the table and the check goes on. The stages together are held to --budget seconds
@@ -58,7 +59,11 @@ from typing import Callable
 
 import torch
 
-from bench.common import REPO_ROOT, RESULTS_DIR, print_table, run_metadata
+if __package__ in (None, ""):  # run as bench/gpu_check.py, e.g. from an uninstalled copy on a GPU machine
+    from source_tree import ensure_importable
+    ensure_importable()
+
+from ie_engine.bench.common import REPO_ROOT, RESULTS_DIR, print_table, run_metadata
 
 BUDGET_S = 450          # all stage timeouts together; with start-up, a kill grace and the table: < 8 min
 DRY_TIMEOUT_S = 120     # per stage in a dry run (none should need more than ~25 s)
@@ -221,25 +226,25 @@ def build_stages(work: pathlib.Path) -> list[Stage]:
     return [
         Stage("gpu_tests", kernel_tests, kernel_tests, 90, summarize_pytest),
         Stage("fused_head",
-              ["bench.bench_fused_linear_logprob", "--device", "cuda", "--n", "8192", "--h", "4096", "--v", "32000"],
-              ["bench.bench_fused_linear_logprob", "--device", "cpu", "--n", "256", "--h", "64", "--v", "512",
+              ["ie_engine.bench.bench_fused_linear_logprob", "--device", "cuda", "--n", "8192", "--h", "4096", "--v", "32000"],
+              ["ie_engine.bench.bench_fused_linear_logprob", "--device", "cpu", "--n", "256", "--h", "64", "--v", "512",
                "--rep", "1"],
               90, summarize_fused_head,
               f">={HEAD_PEAK_TARGET:.0f}% bf16 peak, <={100 * HEAD_MEM_TARGET:.0f}% eager mem"),
-        Stage("train_step", ["bench.bench_train_step", "--device", "cuda", "--preset", "llama2-1b", *step_args],
-              ["bench.bench_train_step", "--device", "cpu", "--preset", "tiny", *step_args, "--cpu-peak", "inprocess"],
+        Stage("train_step", ["ie_engine.bench.bench_train_step", "--device", "cuda", "--preset", "llama2-1b", *step_args],
+              ["ie_engine.bench.bench_train_step", "--device", "cpu", "--preset", "tiny", *step_args, "--cpu-peak", "inprocess"],
               150, summarize_train_step, f"SFT MFU>={100 * MFU_TARGET:.0f}%, DPO>={DPO_VS_TRL_TARGET}x TRL tok/s",
               step_note),
         Stage("recipes", [*pytest, "tests/recipes"], [*pytest, "tests/recipes"], 180, summarize_pytest),
-        Stage("norm_rope_swiglu", ["bench.bench_norm_rope_swiglu"], ["bench.bench_norm_rope_swiglu", "--small"],
+        Stage("norm_rope_swiglu", ["ie_engine.bench.bench_norm_rope_swiglu"], ["ie_engine.bench.bench_norm_rope_swiglu", "--small"],
               75, summarize_vs_compile("kernel", ("triton", "ref"), "mode"), "faster or smaller than compile"),
-        Stage("dpo_loss", ["bench.bench_dpo_loss", "--device", "cuda", "--loss-types", "sigmoid"],
-              ["bench.bench_dpo_loss", "--device", "cpu", "--sizes", "256", "--loss-types", "sigmoid",
+        Stage("dpo_loss", ["ie_engine.bench.bench_dpo_loss", "--device", "cuda", "--loss-types", "sigmoid"],
+              ["ie_engine.bench.bench_dpo_loss", "--device", "cpu", "--sizes", "256", "--loss-types", "sigmoid",
                "--threads", "1"],
               60, summarize_vs_compile("B", ("triton", "eager_ref"), "pass"), "faster or smaller than compile"),
-        Stage("generate", ["bench.bench_generate", "--device", "cuda", "--preset", "llama2-1b", "llama2-7b",
+        Stage("generate", ["ie_engine.bench.bench_generate", "--device", "cuda", "--preset", "llama2-1b", "llama2-7b",
                            "--batch", "1", "64", "--rep", "1"],
-              ["bench.bench_generate", "--device", "cpu", "--preset", "debug", "--batch", "2", "--new-tokens", "8",
+              ["ie_engine.bench.bench_generate", "--device", "cpu", "--preset", "debug", "--batch", "2", "--new-tokens", "8",
                "--rep", "1"], 120, summarize_generic),
     ]
 
@@ -265,8 +270,7 @@ def unrunnable() -> dict[str, str]:
 
 def stage_env(results: pathlib.Path, dry: bool) -> dict:
     env = {**os.environ, "BENCH_RESULTS_DIR": str(results), "TRITON_INTERPRET": "0",
-           "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "ENGINE_NO_BAR": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+           "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "ENGINE_NO_BAR": "1"}
     if dry:
         # Shared CPU cores: one thread (a descheduled OpenMP thread stalls every op); and no
         # torch.compile (its C++ build alone takes ~30 s per benchmark on 2 cores): the calls

@@ -1,6 +1,6 @@
 """Chart the latest run of every benchmark suite in bench/results/*.jsonl into one PNG.
 
-    python -m bench.plot [--out bench/results/latest.png]
+    python -m ie_engine.bench.plot [--out bench/results/latest.png]
 
 The latest run of a suite is the rows sharing the last row's run_id (bench_train_step stamps one
 per invocation; there, the last run of each preset) or, for suites without one, the last row's
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.common import RESULTS_DIR
+from ie_engine.bench.common import RESULTS_DIR
 
 META = {"date", "git_sha", "device", "torch", "triton", "suite", "run_id"}
 TIME_KEYS = ("ms", "seconds", "wall_s", "cpu_s")  # the first one a suite has is its panel's metric

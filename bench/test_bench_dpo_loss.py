@@ -9,8 +9,8 @@ rows need CUDA; on CPU the public function is the reference, so CPU compares eag
 import pytest
 import torch
 
-from bench.bench_dpo_loss import make_inputs
-from kernels.dpo_loss import dpo_loss, dpo_loss_ref
+from ie_engine.bench.bench_dpo_loss import make_inputs
+from ie_engine.kernels.dpo_loss import dpo_loss, dpo_loss_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = {

@@ -1,10 +1,10 @@
 """bench/bench_families.py at a toy size: it runs, and the fused head's workspace is the smaller
-one once N spans several chunks. The numbers come from `python -m bench.bench_families`."""
+one once N spans several chunks. The numbers come from `python -m ie_engine.bench.bench_families`."""
 import importlib
 
-from bench.bench_families import bench_vocab
+from ie_engine.bench.bench_families import bench_vocab
 
-flp = importlib.import_module("kernels.fused_linear_logprob")
+flp = importlib.import_module("ie_engine.kernels.fused_linear_logprob")
 
 
 def test_bench_vocab_rows(monkeypatch):

@@ -3,12 +3,12 @@
     pytest bench/test_bench_fused_linear_logprob.py --benchmark-only
 
 CPU runs the chunked PyTorch reference path (CPU tensors always do), fp32, N=1024, H=512, V=8000.
-The full-size numbers (and GPU) come from `python -m bench.bench_fused_linear_logprob`.
+The full-size numbers (and GPU) come from `python -m ie_engine.bench.bench_fused_linear_logprob`.
 """
 import pytest
 import torch
 
-from bench.bench_fused_linear_logprob import cases, compare_logits_dtype, fwd_bwd, make_inputs
+from ie_engine.bench.bench_fused_linear_logprob import cases, compare_logits_dtype, fwd_bwd, make_inputs
 
 CASES = ["eager_logprob", "fused_logprob", "eager_ce", "fused_ce"]
 

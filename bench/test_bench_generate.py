@@ -11,8 +11,8 @@ import tempfile
 import pytest
 import torch
 
-from bench import bench_generate
-from engine.model_config import ModelConfig
+from ie_engine.bench import bench_generate
+from ie_engine.engine.model.config import ModelConfig
 
 TINY = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32, max_seq_len=512)
 NEW = 32

@@ -11,7 +11,7 @@ import functools
 import pytest
 import torch
 
-from bench.bench_norm_rope_swiglu import MODES, SMALL, build_cases, mode_fn
+from ie_engine.bench.bench_norm_rope_swiglu import MODES, SMALL, build_cases, mode_fn
 
 ON_GPU = torch.cuda.is_available()
 

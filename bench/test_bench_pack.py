@@ -12,8 +12,8 @@ import functools
 import numpy as np
 import pytest
 
-from bench.bench_pack import adelie_like_lengths
-from data import pack
+from ie_engine.bench.bench_pack import adelie_like_lengths
+from ie_engine.data import pack
 
 N, SEQ_LEN = 200_000, 2048
 
@@ -27,7 +27,7 @@ def inputs() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("backend", ["native", "numpy"])
 def test_bench_pack_bfd(benchmark, backend):
     if backend == "native" and not pack.NATIVE:
-        pytest.skip("data._packer is not built (pip install -e .)")
+        pytest.skip("ie_engine.data._packer is not built (pip install -e .)")
     lengths, rows = inputs()
     np.testing.assert_array_equal(pack.pack_bfd(lengths, SEQ_LEN, backend=backend), rows)
     benchmark.group = f"pack_bfd n={N}"
@@ -37,7 +37,7 @@ def test_bench_pack_bfd(benchmark, backend):
 @pytest.mark.parametrize("backend", ["native", "numpy"])
 def test_bench_pack_documents(benchmark, backend):
     if backend == "native" and not pack.NATIVE:
-        pytest.skip("data._packer is not built (pip install -e .)")
+        pytest.skip("ie_engine.data._packer is not built (pip install -e .)")
     lengths, _ = inputs()
     want = pack.pack_documents_ref(lengths, SEQ_LEN)
     np.testing.assert_array_equal(pack.pack_documents(lengths, SEQ_LEN, backend=backend), want)
@@ -48,7 +48,7 @@ def test_bench_pack_documents(benchmark, backend):
 @pytest.mark.parametrize("backend", ["native", "numpy"])
 def test_bench_build_row_index(benchmark, backend):
     if backend == "native" and not pack.NATIVE:
-        pytest.skip("data._packer is not built (pip install -e .)")
+        pytest.skip("ie_engine.data._packer is not built (pip install -e .)")
     lengths, rows = inputs()
     want = pack.build_row_index_ref(rows, lengths)
     for got, ref in zip(pack.build_row_index(rows, lengths, backend=backend), want):

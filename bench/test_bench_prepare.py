@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.bench_prepare import TextSource, synthetic_sft, write_jsonl
-from data.cache import TokenCache
-from data.prepare import prepare
-from data.template import encode_conversation
-from data.tokenizer import Tokenizer, train_tokenizer
+from ie_engine.bench.bench_prepare import TextSource, synthetic_sft, write_jsonl
+from ie_engine.data.cache import TokenCache
+from ie_engine.data.prepare import prepare
+from ie_engine.data.template import encode_conversation
+from ie_engine.data.tokenizer import Tokenizer, train_tokenizer
 
 N, SEQ_LEN = 3000, 2048
 

@@ -4,7 +4,7 @@
 
 The "tiny" preset (dim 64, 2 layers, vocab 4096, rows of 256 tokens), fp32, TRITON_INTERPRET=0
 (the kernels' PyTorch references). Cases whose baseline library is not installed are skipped.
-The real numbers come from `python -m bench.bench_train_step`; this view keeps the cases
+The real numbers come from `python -m ie_engine.bench.bench_train_step`; this view keeps the cases
 running and checks, before timing, that every SFT case computes the same loss and gradient norm
 on the same examples and weights, and every DPO case too.
 """
@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from bench.bench_train_step import DPO_CASES, PRESETS, SFT_CASES, build_cases, check_agreement
+from ie_engine.bench.bench_train_step import DPO_CASES, PRESETS, SFT_CASES, build_cases, check_agreement
 
 NEEDS = {"hf_padded": "transformers", "trl_logits_padded": "trl", "trl_fused_padded": "trl"}
 

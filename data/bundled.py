@@ -29,8 +29,8 @@ import random
 import re
 from pathlib import Path
 
-from data.files import sha256_file, write_atomic
-from data.tokenizer import train_tokenizer
+from ie_engine.data.files import sha256_file, write_atomic
+from ie_engine.data.tokenizer import train_tokenizer
 
 PEOPLE = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Marie Curie", "Niels Bohr", "Emmy Noether",
           "Carl Gauss", "Lise Meitner", "Kurt Godel", "Rosalind Franklin", "John Nash", "Ibn Sina",

@@ -2,7 +2,7 @@
 
 The layout is defined here only: data/prepare.py writes it, stamps meta.json with FORMAT_VERSION
 and puts it in the reuse fingerprint; a change to the layout bumps it, and `TokenCache` refuses
-a cache of another version (data.formats.DataError: re-run `python -m data.prepare`). torch is
+a cache of another version (ie_engine.data.formats.DataError: re-run `python -m ie_engine.data.prepare`). torch is
 imported only where a batch is built, so the writer does not pay for it.
 
 Layout of DIR (D documents, R rows, N real tokens; documents are laid out row by row, so a row is
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data.formats import DataError
+from ie_engine.data.formats import DataError
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,7 @@ class TokenCache:
             meta = json.load(f)
         if meta.get("format") != FORMAT_VERSION:
             raise DataError(f"{self.path}: cache format {meta.get('format')!r}, this code reads "
-                             f"{FORMAT_VERSION}; re-run `python -m data.prepare`")
+                             f"{FORMAT_VERSION}; re-run `python -m ie_engine.data.prepare`")
         self.meta = meta
         self.kind: str = meta["kind"]
         self.seq_len: int = int(meta["seq_len"])

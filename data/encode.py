@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.template import encode_conversation, encode_pair
-from data.tokenizer import Tokenizer
+from ie_engine.data.template import encode_conversation, encode_pair
+from ie_engine.data.tokenizer import Tokenizer
 
 MIN_PROMPT_TOKENS = 16
 

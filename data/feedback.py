@@ -1,12 +1,12 @@
 """IEFeedback: preference pairs from scored samples of the SFT model, as ADELIE builds them.
 
     pairs, stats = build_pairs(items, limit=10000, gold_rate=0.7, min_delta=0.1, seed=0)
-    write_feedback(pairs, "IEFeedback.json")   # read back by data.formats.read_dpo
+    write_feedback(pairs, "IEFeedback.json")   # read back by ie_engine.data.formats.read_dpo
 
 `items`, in prompt order: {"record": {"dataset" | "datasets", "id", "messages"}, "samples":
 [sampled output texts, in sample order], "scores": [floats] (optional)}. The record's last
 message is the gold assistant answer ("... [Answer]: ..."); the others are the prompt. Without
-"scores", an item is scored here with data.char_bleu.score_samples (char BLEU of the answer
+"scores", an item is scored here with ie_engine.data.char_bleu.score_samples (char BLEU of the answer
 texts, -1.0 for a sample without "[Answer]: "); given scores must be -1.0 or within [0, 1].
 
 The rules (ADELIE's scripts/utils/DPO/merge.py, which writes IEFeedback.json):
@@ -37,7 +37,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.char_bleu import ANSWER_MARK, score_samples
+from ie_engine.data.char_bleu import ANSWER_MARK, score_samples
 
 MODEL_SKIPS = ("no_samples", "all_invalid", "delta_small", "identical", "over_limit")
 GOLD_SKIPS = ("delta_small", "identical")

@@ -81,13 +81,21 @@ def _array_items(f, name: str) -> Iterator[tuple[str, Any]]:
 def _records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
     """(where, parsed JSON) for each record of a JSONL file or JSON array file."""
     name = str(path)
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096)
-        f.seek(0)
-        if head.lstrip()[:1] == "[":
-            yield from _array_items(f, name)
-            return
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        is_array = f.read(4096).lstrip()[:1] == b"["
+    if is_array:
+        with open(path, encoding="utf-8") as f:
+            try:
+                yield from _array_items(f, name)
+            except UnicodeDecodeError:
+                raise DataError(f"{name}: not valid UTF-8") from None
+        return
+    with open(path, "rb") as f:  # bytes, so a bad line is named, not a decoder traceback
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{name}:{lineno}: not valid UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -126,13 +134,17 @@ def _meta(rec: Any, where: str, default_dataset: str, position: int) -> tuple[st
     return dataset, str(rid)
 
 
-def read_sft(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield {"dataset", "id", "messages"} records of an SFT file (see module docstring)."""
+def read_sft(path: str | os.PathLike, *, training: bool = False) -> Iterator[dict]:
+    """Yield {"dataset", "id", "messages"} records of an SFT file (see module docstring).
+    training: a record must have an assistant turn (what SFT trains on); prompt files for
+    generation need none."""
     stem = Path(path).stem
     for position, (where, rec) in enumerate(_records(path)):
         dataset, rid = _meta(rec, where, stem, position)
-        yield {"dataset": dataset, "id": rid, "messages": _messages(rec.get("messages"), where,
-                                                                    "messages")}
+        messages = _messages(rec.get("messages"), where, "messages")
+        if training and not any(m["role"] == "assistant" for m in messages):
+            raise DataError(f"{where}: no assistant turn (nothing to train on)")
+        yield {"dataset": dataset, "id": rid, "messages": messages}
 
 
 def _side(value: Any, where: str, field: str) -> list[dict]:

@@ -36,7 +36,7 @@ six ADELIE sample files at seq_len 2048: 1,389 rows (1.71% padding) -> 1,366, th
 Cost: BFD keeps rows in buckets by remaining capacity (integers in [0, seq_len]; a min-heap of
 row ids per bucket gives the lowest id), and a bitmask over the buckets finds the smallest
 non-empty bucket >= len. Per document that is O(log n) heap work plus one find-next-set-bit; the
-native helper (data/_native/packer.cpp, module `data._packer`) uses a 64-ary bit tree for it
+native helper (data/_native/packer.cpp, module `ie_engine.data._packer`) uses a 64-ary bit tree for it
 (O(log_64 seq_len)), the NumPy twin a CPython big integer (seq_len/64 machine words per
 operation, ~32 for seq_len 2048). The repair costs at most O(seq_len^2 / 64) word operations per
 dissolved row, and REPAIR_ROWS bounds the rows (native: ~0.1 s at the default, next to ~0.3 s of
@@ -50,7 +50,7 @@ import heapq
 import numpy as np
 
 try:
-    from data import _packer  # built by CMakeLists.txt through scikit-build-core
+    from ie_engine.data import _packer  # built by CMakeLists.txt through scikit-build-core
     NATIVE: bool = True
 except ImportError:  # not built (plain checkout): the NumPy twin below is used
     _packer = None
@@ -64,7 +64,7 @@ def _use_native(backend: str) -> bool:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "native" and not NATIVE:
-        raise ImportError("backend='native' but the extension data._packer is not built; "
+        raise ImportError("backend='native' but the extension ie_engine.data._packer is not built; "
                           "build it with `pip install -e .` (the NumPy twin is ~20x slower)")
     return backend == "native" or (backend == "auto" and NATIVE)
 

@@ -1,6 +1,6 @@
 """Build a token cache: tokenize SFT / DPO files in parallel, pack them into rows, write the layout.
 
-    python -m data.prepare {sft,dpo} INPUT... --tokenizer PATH --seq-len N --out DIR
+    python -m ie_engine.data.prepare {sft,dpo} INPUT... --tokenizer PATH --seq-len N --out DIR
         [--workers K] [--overlong truncate|drop] [--seed S]
 
 Steps: read records in input order (data/formats.py) -> encode chunks of them in a process pool
@@ -27,7 +27,7 @@ equally long examples share a row is random instead of following input order. Ro
 their documents in increasing example index.
 
 Bad input (a missing file, a tokenizer that is not one, a malformed record) raises
-data.formats.DataError naming the file (and line and field); the command line prints that message
+ie_engine.data.formats.DataError naming the file (and line and field); the command line prints that message
 alone and exits with status 2.
 """
 from __future__ import annotations
@@ -47,16 +47,17 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from data.cache import FORMAT_VERSION
-from data.encode import DROPPED_NO_TARGET, DROPPED_OVERLONG, TRUNCATED, encode_records
-from data.formats import DataError, read_dpo, read_sft
-from data.pack import build_row_index, pack_documents
-from data.tokenizer import Tokenizer, WordCacheTokenizer, tokenizer_sha256
+from ie_engine.data.cache import FORMAT_VERSION
+from ie_engine.data.encode import TRUNCATED, encode_records
+from ie_engine.data.formats import DataError, read_dpo, read_sft
+from ie_engine.data.pack import build_row_index, pack_documents
+from ie_engine.data.stats import build_stats
+from ie_engine.data.tokenizer import Tokenizer, WordCacheTokenizer, tokenizer_sha256
 
 CHUNK = 256  # records per pool task: large enough to amortise pickling, small for load balance
 
 # the data/ sources that decide a cache's bytes: an edit to any of them rebuilds caches
-_SOURCES = ("formats.py", "template.py", "tokenizer.py", "encode.py", "pack.py", "prepare.py")
+_SOURCES = ("formats.py", "template.py", "tokenizer.py", "encode.py", "pack.py", "prepare.py", "stats.py")
 
 
 # ----------------------------------------------------------------------------- workers
@@ -70,7 +71,7 @@ def _init_worker(tokenizer_path: str) -> None:
 
 
 def _encode_chunk(job: tuple) -> tuple:
-    """One pool task: (kind, seq_len, overlong, dtype, items) -> data.encode.encode_records."""
+    """One pool task: (kind, seq_len, overlong, dtype, items) -> ie_engine.data.encode.encode_records."""
     return encode_records(_TOK, *job)
 
 
@@ -104,7 +105,7 @@ def _records(kind: str, inputs: list[str]) -> Iterator[tuple[str, object]]:
     """(dataset, payload) per record in input order; payload = messages or (chosen, rejected)."""
     for path in inputs:
         if kind == "sft":
-            for rec in read_sft(path):
+            for rec in read_sft(path, training=True):
                 yield rec["dataset"], rec["messages"]
         else:
             for rec in read_dpo(path):
@@ -163,7 +164,7 @@ def _default_workers() -> int:
 
 
 def _log(msg: str) -> None:
-    print(f"[data.prepare] {msg}", file=sys.stderr, flush=True)
+    print(f"[ie_engine.data.prepare] {msg}", file=sys.stderr, flush=True)
 
 
 def prepare(kind: str, inputs: list[str] | str, tokenizer_path: str, seq_len: int, out_dir: str,
@@ -326,7 +327,7 @@ def _build(kind, inputs, tokenizer_path, seq_len, overlong, seed, workers, progr
     np.save(os.path.join(tmp, "doc_dataset.npy"),
             np.repeat(ex_dataset[ex_order], per_ex).astype(np.int32))
 
-    stats = _stats(kind, seq_len, overlong, seed, tok, fp, names, status, full_len, rec_dataset,
+    stats = build_stats(kind, seq_len, overlong, seed, tok, fp, names, status, full_len, rec_dataset,
                    ex_len, ex_tgt, R)
     _write_json(os.path.join(tmp, "stats.json"), stats)
     meta = {"format": FORMAT_VERSION, "kind": kind, "seq_len": seq_len,
@@ -348,52 +349,10 @@ def _write_json(path: str, obj: dict) -> None:
         f.write("\n")
 
 
-def _stats(kind, seq_len, overlong, seed, tok, fp, names, status, full_len, rec_dataset,
-           ex_len, ex_tgt, R) -> dict:
-    """stats.json: deterministic (no timings), totals and the same counts per source dataset.
-
-    records: read; examples: kept (DPO: pairs); tokens / target_tokens: in the cache (DPO: both
-    sequences); truncated: kept but cut; dropped = dropped_overlong + dropped_no_target;
-    max_example_tokens: longest record before any cut.
-    """
-    ex_dataset = rec_dataset[status <= TRUNCATED]
-    N = int(ex_len.sum())
-
-    def counts(sel_rec: np.ndarray, sel_ex: np.ndarray) -> dict:
-        st = status[sel_rec]
-        return {
-            "records": int(sel_rec.sum()),
-            "examples": int(sel_ex.sum()),
-            "tokens": int(ex_len[sel_ex].sum()),
-            "target_tokens": int(ex_tgt[sel_ex].sum()),
-            "truncated": int((st == TRUNCATED).sum()),
-            "dropped": int((st >= DROPPED_OVERLONG).sum()),
-            "dropped_overlong": int((st == DROPPED_OVERLONG).sum()),
-            "dropped_no_target": int((st == DROPPED_NO_TARGET).sum()),
-            "max_example_tokens": int(full_len[sel_rec].max()) if sel_rec.any() else 0,
-        }
-
-    return {
-        "kind": kind,
-        "seq_len": seq_len,
-        "overlong": overlong,
-        "seed": seed,
-        **counts(np.ones(len(status), bool), np.ones(len(ex_dataset), bool)),
-        "rows": R,
-        "pad_fraction": (1.0 - N / (R * seq_len)) if R else 0.0,
-        "examples_per_row": (len(ex_len) / R) if R else 0.0,
-        "tokenizer": {"path": os.path.abspath(tok.path), "sha256": fp["tokenizer_sha256"],
-                      "vocab_size": tok.vocab_size},
-        "inputs": [f["path"] for f in fp["inputs"]],
-        "per_dataset": {name: counts(rec_dataset == i, ex_dataset == i)
-                        for i, name in enumerate(names)},
-    }
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ie_engine.data.prepare", description=__doc__.split("\n")[0])
     ap.add_argument("kind", choices=("sft", "dpo"))
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL / JSON files, read in order")
     ap.add_argument("--tokenizer", required=True, help="sentencepiece tokenizer.model or tokenizer.json")

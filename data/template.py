@@ -46,8 +46,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data.formats import ROLES, DataError
-from data.tokenizer import Tokenizer
+from ie_engine.data.formats import ROLES, DataError
+from ie_engine.data.tokenizer import Tokenizer
 
 EOS_TEXT = "</s>"
 

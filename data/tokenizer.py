@@ -57,8 +57,8 @@ from typing import Iterable
 
 import sentencepiece as spm
 
-from data.files import write_atomic
-from data.formats import DataError
+from ie_engine.data.files import write_atomic
+from ie_engine.data.formats import DataError
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # in a checkpoint directory, first found wins
 SIDE_FILES = ("tokenizer_config.json", "generation_config.json")  # read beside a tokenizer.json

@@ -2,12 +2,13 @@
 --config <- dotted key=value overrides that win. Unknown keys and wrong types are errors that name
 the key; after parsing, every section's `validate()` runs, so every constraint (and every
 relationship between sections, such as the batch size vs the world size) fails here, before any
-data or model work. The schema itself is engine/run_config.py; the architecture engine/model_config.py.
+data or model work. The schema itself is engine/run_config.py; the architecture engine/model/config.py.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -173,3 +174,8 @@ def dump_config(cfg: Any, path: str | Path) -> None:
 
 def format_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip()
+
+
+def launch_world_size() -> int:
+    """The number of processes this launch will have (torchrun sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

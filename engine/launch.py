@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from engine import parallel
-from engine.config import ConfigError, format_config
+from ie_engine.data.formats import DataError
+from ie_engine.engine import parallel
+from ie_engine.engine.config import ConfigError, format_config
 
 
 def with_default_config(argv: list[str] | None, default: Path) -> list[str]:
@@ -39,15 +40,8 @@ def start(cfg) -> parallel.World:
     return world
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean bad config or bad input, not a bug."""
-    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
-    try:
-        from data.formats import DataError
-        errors.append(DataError)
-    except ImportError:  # older data layer: its readers raise ValueError("file:line: ...")
-        pass
-    return tuple(errors)
+# The exceptions that mean bad config or bad input, not a bug.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
 
 
 def run_recipe(main) -> None:
@@ -56,7 +50,7 @@ def run_recipe(main) -> None:
     (parallel.exit_process)."""
     try:
         main()
-    except user_errors() as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         parallel.exit_process(2)
     parallel.exit_process(0)

@@ -47,8 +47,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from engine.config import ConfigError
-from engine.run_config import ParallelConfig
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.run_config import ParallelConfig
 
 Precision = Literal["bf16", "pure_bf16", "fp32"]
 
@@ -240,7 +240,7 @@ def set_gradient_sum(model: nn.Module) -> None:
 
 def set_grad_sync(model: nn.Module, sync: bool) -> None:
     """Whether the next backward reduce-scatters gradients. False keeps unsharded fp32
-    gradients locally until a backward with True (engine/train_step.py states what each choice
+    gradients locally until a backward with True (engine/train/step.py states what each choice
     costs in memory). No-op when not FSDP-wrapped."""
     if isinstance(model, FSDPModule):
         model.set_requires_gradient_sync(sync)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _dispatch
-from kernels.fused_linear_logprob import _chunk_loop, _logits_dtype, _Options
+from ie_engine.kernels import _dispatch
+from ie_engine.kernels.fused_linear_logprob import _chunk_loop, _logits_dtype, _Options
 
 
 def fused_linear_cross_entropy_ref(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

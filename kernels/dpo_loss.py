@@ -32,8 +32,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels import _dispatch
-from kernels._dispatch import tl, triton
+from ie_engine.kernels import _dispatch
+from ie_engine.kernels._dispatch import tl, triton
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 

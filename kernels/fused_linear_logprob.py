@@ -44,9 +44,9 @@ import dataclasses
 
 import torch
 
-from kernels import _dispatch
-from kernels._chunk_matmul import HALF, _grad_hidden_, _grad_weight_, _has_fp32_out_mm, _logits_
-from kernels._dispatch import tl, triton
+from ie_engine.kernels import _dispatch
+from ie_engine.kernels._chunk_matmul import HALF, _grad_hidden_, _grad_weight_, _has_fp32_out_mm, _logits_
+from ie_engine.kernels._dispatch import tl, triton
 
 BLOCK_V = 4096  # vocab block of the Triton row kernels (smaller when V is)
 CHUNK_BUDGET_BYTES = {"cuda": 128 * 2**20, "cpu": 128 * 2**20}  # logits (+ dz) buffers per chunk

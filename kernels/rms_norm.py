@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _dispatch
-from kernels._dispatch import tl, triton
+from ie_engine.kernels import _dispatch
+from ie_engine.kernels._dispatch import tl, triton
 
 MAX_FUSED_H = 65536  # one row must fit in one program's registers
 

@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from kernels import _dispatch
-from kernels._dispatch import tl, triton
+from ie_engine.kernels import _dispatch
+from ie_engine.kernels._dispatch import tl, triton
 
 
 def _gather_tables(cos, sin, positions, B, T):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import _dispatch
-from kernels._dispatch import tl, triton
+from ie_engine.kernels import _dispatch
+from ie_engine.kernels._dispatch import tl, triton
 
 BLOCK_N = 1024  # columns per program: 1024 elements keeps loads wide and registers low
 

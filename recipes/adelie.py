@@ -27,10 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from engine import launch  # noqa: E402
-from engine.config import ConfigError, parse_config  # noqa: E402
+from ie_engine.engine import launch
+from ie_engine.engine.config import ConfigError, parse_config
 
 RECIPES = Path(__file__).parent
 
@@ -87,8 +85,8 @@ def stage(name: str, recipe: str, args: list[str], cfg: PipelineConfig, done: Pa
 def export_base(cfg: PipelineConfig, out: Path) -> str:
     """The SFT stage's starting point: its model.checkpoint, or its randomly initialised preset
     exported (what SFT starts from: same seed, same tokenizer)."""
-    from engine.run_config import RunConfig
-    from recipes import sft
+    from ie_engine.engine.run_config import RunConfig
+    from ie_engine.recipes import sft
 
     sft_cfg = parse_config(RunConfig, launch.with_default_config(cfg.sft_args, sft.DEFAULT_CONFIG))
     if sft_cfg.model.checkpoint:
@@ -96,11 +94,11 @@ def export_base(cfg: PipelineConfig, out: Path) -> str:
     base = out / "base"
     if (base / "config.json").exists() and not cfg.force:
         return str(base)
-    from data.bundled import ensure_default_assets
-    from data.tokenizer import Tokenizer
-    from engine.hf_checkpoint import save_hf
-    from engine.model import build_model
-    from engine.model_config import build_model_config
+    from ie_engine.data.bundled import ensure_default_assets
+    from ie_engine.data.tokenizer import Tokenizer
+    from ie_engine.engine.model.config import build_model_config
+    from ie_engine.engine.model.hf_checkpoint import save_hf
+    from ie_engine.engine.model.transformer import build_model
 
     tokenizer = sft_cfg.data.tokenizer or ensure_default_assets(sft_cfg.data.cache_dir)["tokenizer"]
     model = build_model(build_model_config(sft_cfg.model.preset, vocab_size=Tokenizer(tokenizer).vocab_size), "meta")
@@ -112,7 +110,7 @@ def export_base(cfg: PipelineConfig, out: Path) -> str:
 
 def report(out: Path, models: list[str]) -> str:
     """One table: F1 (percent) per test set and the average, per model; report.md/.json/.png."""
-    from data.files import write_atomic
+    from ie_engine.data.files import write_atomic
 
     metrics = {m: json.loads((out / "eval" / m / "metrics.json").read_text()) for m in models}
     sets = [k for k in metrics[models[0]] if ":" in k] or list(metrics[models[0]])

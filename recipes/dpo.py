@@ -14,28 +14,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import torch
 
-from data.files import open_atomic  # noqa: E402
-from engine import fit, launch, parallel  # noqa: E402
-from engine.batching import to_device  # noqa: E402
-from engine.config import ConfigError, parse_config  # noqa: E402
-from engine.data_setup import prepare_data  # noqa: E402
-from engine.losses import PREFERENCE_LOSSES, preference_loss, score_documents  # noqa: E402
-from engine.model_setup import build_and_load  # noqa: E402
-from engine.run_config import DPOConfig  # noqa: E402
+from ie_engine.data.files import open_atomic
+from ie_engine.engine import launch, parallel
+from ie_engine.engine.config import ConfigError, parse_config
+from ie_engine.engine.run_config import PREFERENCE_LOSSES, DPOConfig
+from ie_engine.engine.train import fit
+from ie_engine.engine.train.batching import to_device
+from ie_engine.engine.train.data_setup import prepare_data
+from ie_engine.engine.train.losses import preference_loss, score_documents
+from ie_engine.engine.train.model_setup import build_and_load
 
 CONFIG = DPOConfig  # the schema of this recipe's config
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "dpo_default.yaml"
 # What the cached reference log-probs depend on besides the model and the data: the code that
 # computes them. A change to any of these files gives a new cache key.
-_SCORING_CODE = ("engine/model.py", "engine/attention.py", "engine/losses.py", "kernels/fused_linear_logprob.py",
+_SCORING_CODE = ("engine/model/transformer.py", "engine/model/attention.py", "engine/train/losses.py", "kernels/fused_linear_logprob.py",
                  "kernels/rms_norm.py", "kernels/rope.py", "kernels/swiglu.py")
 
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from engine import launch, parallel  # noqa: E402
-from engine.config import parse_config  # noqa: E402
-from engine.evaluation import evaluate_checkpoint  # noqa: E402
-from engine.run_config import EvalConfig  # noqa: E402
+from ie_engine.engine import launch, parallel
+from ie_engine.engine.config import parse_config
+from ie_engine.engine.generate.evaluation import evaluate_checkpoint
+from ie_engine.engine.run_config import EvalConfig
 
 CONFIG = EvalConfig  # the schema of this recipe's config
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "eval_default.yaml"
@@ -29,7 +27,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "eval_default.yaml"
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--score-only":  # no model: data/scoring's command line
-        from data.scoring.__main__ import main as score_main
+        from ie_engine.data.scoring.__main__ import main as score_main
         return score_main(argv[1:])
     cfg = parse_config(CONFIG, launch.with_default_config(argv, DEFAULT_CONFIG))  # 1. config (checked)
     world = launch.start(cfg)                                                      # 2. distributed

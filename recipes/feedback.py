@@ -15,16 +15,13 @@ on the bundled prompt pool (apart from the SFT data and the held-out test set), 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from engine import launch, parallel  # noqa: E402
-from engine.config import parse_config  # noqa: E402
-from engine.generate_files import generate_files, read_prompts  # noqa: E402
-from engine.generation_setup import checkpoint_config, generation_model, prompt_tokenizer, resolve_files  # noqa: E402
-from engine.run_config import FeedbackConfig  # noqa: E402
+from ie_engine.engine import launch, parallel
+from ie_engine.engine.config import parse_config
+from ie_engine.engine.generate.files import generate_files, read_prompts
+from ie_engine.engine.generate.setup import checkpoint_config, generation_model, prompt_tokenizer, resolve_files
+from ie_engine.engine.run_config import FeedbackConfig
 
 CONFIG = FeedbackConfig  # the schema of this recipe's config
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "feedback_default.yaml"
@@ -33,7 +30,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "feedback_default.yaml"
 def scored_items(paths: list[Path], n: int) -> tuple[list[dict], list[dict], int]:
     """Generation outputs (n consecutive lines per record) -> (build_pairs items in prompt order,
     scored lines, records skipped because their gold has no "[Answer]: ")."""
-    from data.char_bleu import ANSWER_MARK, score_samples
+    from ie_engine.data.char_bleu import ANSWER_MARK, score_samples
 
     items, scored, skipped = [], [], 0
     for path in paths:
@@ -55,8 +52,8 @@ def scored_items(paths: list[Path], n: int) -> tuple[list[dict], list[dict], int
 
 def write_feedback_outputs(cfg: FeedbackConfig, paths: list[Path]) -> dict:
     """Rank 0: score the samples, build the pairs, write feedback.json, scored.jsonl, stats.json."""
-    from data.feedback import build_pairs, write_feedback
-    from data.files import write_atomic
+    from ie_engine.data.feedback import build_pairs, write_feedback
+    from ie_engine.data.files import write_atomic
 
     out = Path(cfg.output_dir)
     items, scored, skipped = scored_items(paths, cfg.generate.n)

@@ -8,21 +8,18 @@ With no arguments: greedy answers of runs/sft/final (the SFT recipe's default ou
 bundled held-out IE test set (data.files empty = [bundled]), into runs/generate/heldout.jsonl.
 Each rank holds a full model copy (bf16 on CUDA, fp32 on CPU) and takes a share of the prompts;
 outputs are OUT/<input file name>;
-a killed run resumes where it stopped (engine/generate_files.py). A model that does not fit one
+a killed run resumes where it stopped (engine/generate/files.py). A model that does not fit one
 GPU: generate.backend=vllm generate.tensor_parallel=G, launched as one process.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from engine import launch, parallel  # noqa: E402
-from engine.config import parse_config  # noqa: E402
-from engine.generate_files import generate_files, read_prompts  # noqa: E402
-from engine.generation_setup import checkpoint_config, generation_model, prompt_tokenizer, resolve_files  # noqa: E402
-from engine.run_config import GenerateConfig  # noqa: E402
+from ie_engine.engine import launch, parallel
+from ie_engine.engine.config import parse_config
+from ie_engine.engine.generate.files import generate_files, read_prompts
+from ie_engine.engine.generate.setup import checkpoint_config, generation_model, prompt_tokenizer, resolve_files
+from ie_engine.engine.run_config import GenerateConfig
 
 CONFIG = GenerateConfig  # the schema of this recipe's config
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "generate_default.yaml"

@@ -8,17 +8,15 @@ The loss is the fused head cross-entropy: logits are never materialised.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from engine import fit, launch, parallel  # noqa: E402
-from engine.config import parse_config  # noqa: E402
-from engine.data_setup import prepare_data  # noqa: E402
-from engine.losses import sft_loss  # noqa: E402
-from engine.model_setup import build_and_load  # noqa: E402
-from engine.run_config import RunConfig  # noqa: E402
+from ie_engine.engine import launch, parallel
+from ie_engine.engine.config import parse_config
+from ie_engine.engine.run_config import RunConfig
+from ie_engine.engine.train import fit
+from ie_engine.engine.train.data_setup import prepare_data
+from ie_engine.engine.train.losses import sft_loss
+from ie_engine.engine.train.model_setup import build_and_load
 
 # The embedded default (no --config given): a tiny LLaMA on the bundled data, ~2 minutes on a
 # 2-core CPU with --nproc_per_node 2. ADELIE's Llama-2-7B settings: configs/sft_llama2_7b.yaml.

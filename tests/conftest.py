@@ -38,7 +38,7 @@ def one_thread():
 def pytest_sessionfinish(session, exitstatus):
     """Free the process groups and FSDP models of in-process tests while the interpreter is
     still alive: gloo threads torn down during finalisation can abort the process (see
-    engine.parallel.exit_process), which would fail a green run."""
+    ie_engine.engine.parallel.exit_process), which would fail a green run."""
     import gc
 
     import torch.distributed as dist

@@ -13,14 +13,14 @@ def rel_err(a, b) -> float:
 
 def tiny_model_config(**overrides):
     """A tiny GQA LLaMA config for model tests (fp32, CPU); overrides win."""
-    from engine.model_config import ModelConfig
+    from ie_engine.engine.model.config import ModelConfig
     base = dict(dim=48, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=97, multiple_of=16, max_seq_len=64)
     return ModelConfig(**{**base, **overrides})
 
 
 def make_model(cfg, seed: int = 0):
     """A plain (unsharded) model on CPU, initialised from `seed`, in eval mode."""
-    from engine.model import build_model
+    from ie_engine.engine.model.transformer import build_model
     model = build_model(cfg, "meta")
     model.to_empty(device="cpu")
     model.init_weights(seed)

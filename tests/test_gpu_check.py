@@ -1,4 +1,4 @@
-"""`python -m bench.gpu_check --dry-run` runs every stage's code path on CPU with tiny shapes: it
+"""`python -m ie_engine.bench.gpu_check --dry-run` runs every stage's code path on CPU with tiny shapes: it
 exits 0, prints the summary table, writes one gpu_check.jsonl row per stage (and the benchmarks'
 own rows) to --out, and appends nothing to bench/results."""
 import json
@@ -15,13 +15,13 @@ def results_state() -> dict[str, int]:
 
 
 def test_dry_run_writes_one_row_per_stage(tmp_path):
-    from bench.gpu_check import build_stages
+    from ie_engine.bench.gpu_check import build_stages
 
     stages = [s.name for s in build_stages(tmp_path)]
     before = results_state()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)  # the check sets what its stages need
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--out", str(tmp_path)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "ie_engine.bench.gpu_check", "--dry-run", "--out", str(tmp_path)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 

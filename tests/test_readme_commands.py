@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError, parse_config
+from ie_engine.engine.config import ConfigError, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_the_readme_has_recipe_commands():
 def test_readme_command_parses_for_its_world_size(cmd, monkeypatch):
     name, world, args = recipe_invocation(cmd)
     monkeypatch.setenv("WORLD_SIZE", str(world))
-    module = importlib.import_module(f"recipes.{name}")
+    module = importlib.import_module(f"ie_engine.recipes.{name}")
     if args[:1] == ["--score-only"]:  # no config: prediction files (tests/recipes/test_eval_recipe.py)
         return
     monkeypatch.chdir(REPO)
@@ -59,7 +59,7 @@ def test_readme_command_parses_for_its_world_size(cmd, monkeypatch):
 def test_world_size_is_checked_at_parse_time(monkeypatch):
     """The old README's 4-node example: 32 ranks x 4 rows can never make a batch of 32 rows."""
     monkeypatch.setenv("WORLD_SIZE", "32")
-    from recipes import sft
+    from ie_engine.recipes import sft
     monkeypatch.chdir(REPO)
     with pytest.raises(ConfigError, match="global_batch_rows"):
         parse_config(sft.CONFIG, ["--config", "recipes/configs/sft_llama2_7b.yaml"])

@@ -8,7 +8,7 @@ gives one entry point for all of them. Every result has "task", "precision", "re
 
     score_file("pred/semeval.jsonl")                      # task from the records' dataset name
     score_files(paths, sim_model="/models/all-MiniLM-L6-v2")
-    python -m data.scoring pred/*.jsonl --out metrics.json
+    python -m ie_engine.data.scoring pred/*.jsonl --out metrics.json
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Command line: score prediction files and write metrics.json plus metrics.md beside it.
 
-    python -m data.scoring PRED.jsonl [PRED.jsonl ...] [--out metrics.json] [--task T]
+    python -m ie_engine.data.scoring PRED.jsonl [PRED.jsonl ...] [--out metrics.json] [--task T]
                            [--sim-model DIR] [--gold ROBUST.json]
 
 Prints the markdown table. A bad input prints only "FILE:LINE: problem" (or the file's
@@ -17,7 +17,7 @@ from . import SCORERS, format_markdown, score_files
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.scoring", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ie_engine.data.scoring", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="prediction JSONL files (test record + 'output')")
     parser.add_argument("--out", help="metrics JSON to write; metrics.md goes beside it")
     parser.add_argument("--task", help=f"force a task ({', '.join(SCORERS)}) or a dataset name; "

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import bundled
-from data.bundled import ensure_default_assets
-from data.formats import read_dpo, read_sft
-from data.template import encode_conversation
-from data.tokenizer import Tokenizer
+from ie_engine.data import bundled
+from ie_engine.data.bundled import ensure_default_assets
+from ie_engine.data.formats import read_dpo, read_sft
+from ie_engine.data.template import encode_conversation
+from ie_engine.data.tokenizer import Tokenizer
 
 FILES = ("sft", "dpo", "heldout", "heldout_dpo", "prompts", "tokenizer")
 
@@ -136,7 +136,7 @@ def test_tokenizer_round_trips_and_lengths_fit(assets):
 def test_heldout_and_prompt_pool_are_apart_from_training(assets):
     """No held-out or prompt-pool question occurs in the SFT or DPO training data, nor in each other;
     the held-out set holds NER, relation and event records, zero- and few-shot."""
-    from data.bundled import prompt_key
+    from ie_engine.data.bundled import prompt_key
     train = {prompt_key(r) for r in read_sft(assets["sft"])} | {prompt_key(r) for r in json.load(open(assets["dpo"]))}
     heldout = [json.loads(line) for line in open(assets["heldout"])]
     pool = [json.loads(line) for line in open(assets["prompts"])]

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.bench_prepare import TextSource, synthetic_dpo, synthetic_sft, write_jsonl
-from data.cache import IGNORE_INDEX, TokenCache
-from data.prepare import prepare
-from data.tokenizer import train_tokenizer
+from ie_engine.bench.bench_prepare import TextSource, synthetic_dpo, synthetic_sft, write_jsonl
+from ie_engine.data.cache import IGNORE_INDEX, TokenCache
+from ie_engine.data.prepare import prepare
+from ie_engine.data.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ import statistics
 
 import pytest
 
-import data.char_bleu as char_bleu_mod
-from data.char_bleu import (answer_text, char_bleu, char_bleu_many, score_sample,
-                            score_samples)
-from data.feedback import build_pairs, write_feedback
-from data.formats import read_dpo
+import ie_engine.data.char_bleu as char_bleu_mod
+from ie_engine.data.char_bleu import answer_text, char_bleu, char_bleu_many, score_sample, score_samples
+from ie_engine.data.feedback import build_pairs, write_feedback
+from ie_engine.data.formats import read_dpo
 
 bleu_score = pytest.importorskip("nltk.translate.bleu_score")
 M = "[Answer]: "

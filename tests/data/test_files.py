@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data.files import open_atomic, sha256_file, write_atomic
+from ie_engine.data.files import open_atomic, sha256_file, write_atomic
 
 
 @pytest.mark.parametrize("durable", [False, True])

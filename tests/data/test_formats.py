@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from data.formats import DataError, read_dpo, read_sft
+from ie_engine.data.formats import DataError, read_dpo, read_sft
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "adelie_samples"
@@ -38,7 +38,7 @@ def test_read_sft_json_array_and_defaults(tmp_path):
 
 
 def test_json_array_streams_across_buffer_refills(tmp_path, monkeypatch):
-    import data.formats as formats
+    import ie_engine.data.formats as formats
     monkeypatch.setattr(formats, "_CHUNK", 7)  # every element spans many reads
     raw = [{"dataset": "d", "id": i, "messages": [{"role": "user", "content": "x" * i},
                                                   {"role": "assistant", "content": "y"}]}

@@ -3,17 +3,17 @@
 The reference for "best fit" is `_best_fit_brute`, a direct O(n * R) simulation of the
 definition in plain Python (scan every open row); the reference for the repair is `_repair_brute`,
 which checks each re-packed row against a set-based subset-sum over the documents still pending.
-Native tests skip when data._packer is not built (plain checkout without `pip install -e .`);
+Native tests skip when ie_engine.data._packer is not built (plain checkout without `pip install -e .`);
 CI builds it.
 """
 import numpy as np
 import pytest
 
-from bench.bench_pack import adelie_like_lengths as _adelie_like
-from data import pack
+from ie_engine.bench.bench_pack import adelie_like_lengths as _adelie_like
+from ie_engine.data import pack
 
 needs_native = pytest.mark.skipif(
-    not pack.NATIVE, reason="native extension data._packer not built (run `pip install -e .`)")
+    not pack.NATIVE, reason="native extension ie_engine.data._packer not built (run `pip install -e .`)")
 
 
 def _best_fit_brute(lengths: list[int], seq_len: int) -> np.ndarray:
@@ -258,5 +258,5 @@ def test_backend_argument():
     with pytest.raises(ValueError, match="backend"):
         pack.pack_bfd(np.array([1]), 4, backend="cuda")
     if not pack.NATIVE:
-        with pytest.raises(ImportError, match="data._packer"):
+        with pytest.raises(ImportError, match="ie_engine.data._packer"):
             pack.pack_bfd(np.array([1]), 4, backend="native")

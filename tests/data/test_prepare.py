@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.bench_prepare import TextSource, synthetic_dpo, synthetic_sft, write_jsonl
-from data import prepare as prepare_mod
-from data.cache import TokenCache
-from data.formats import read_dpo, read_sft
-from data.encode import MIN_PROMPT_TOKENS
-from data.formats import DataError
-from data.prepare import main, prepare
-from data.template import encode_conversation, encode_pair
-from data.tokenizer import Tokenizer, WordCacheTokenizer, train_tokenizer
+from ie_engine.bench.bench_prepare import TextSource, synthetic_dpo, synthetic_sft, write_jsonl
+from ie_engine.data import prepare as prepare_mod
+from ie_engine.data.cache import TokenCache
+from ie_engine.data.encode import MIN_PROMPT_TOKENS
+from ie_engine.data.formats import DataError, read_dpo, read_sft
+from ie_engine.data.prepare import main, prepare
+from ie_engine.data.template import encode_conversation, encode_pair
+from ie_engine.data.tokenizer import Tokenizer, WordCacheTokenizer, train_tokenizer
 
 SEQ = 384
 REPO = Path(__file__).resolve().parents[2]
@@ -374,12 +373,12 @@ def test_bad_record_names_file_and_line(assets, tmp_path):
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data.prepare", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "ie_engine.data.prepare", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
 def test_cli_bad_input_prints_the_message_alone(assets, tmp_path):
-    """`python -m data.prepare` on bad input: file:line message on stderr, exit 2, no traceback."""
+    """`python -m ie_engine.data.prepare` on bad input: file:line message on stderr, exit 2, no traceback."""
     bad = tmp_path / "bad.jsonl"
     good = {"dataset": "d", "id": 1, "messages": [{"role": "user", "content": "hi"},
                                                   {"role": "assistant", "content": "ok"}]}
@@ -400,6 +399,26 @@ def test_cli_bad_input_prints_the_message_alone(assets, tmp_path):
         assert "Traceback" not in res.stderr
 
 
+def test_cli_names_a_non_utf8_line_and_a_record_with_nothing_to_train_on(assets, tmp_path):
+    """Two inputs that once ended in a UnicodeDecodeError traceback and in a silent drop."""
+    good = json.dumps({"dataset": "d", "id": 1, "messages": [{"role": "user", "content": "hi"},
+                                                             {"role": "assistant", "content": "ok"}]})
+    common = ["--tokenizer", assets["tok"], "--seq-len", str(SEQ), "--out", str(tmp_path / "c"),
+              "--workers", "1", "--no-progress"]
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes((good + "\n" + good + "\n").encode() + '{"messages": "caf\u00e9"}\n'.encode("latin-1"))
+    res = _run_cli("sft", str(latin1), *common)
+    assert res.returncode == 2, res.stderr
+    assert f"{latin1}:3: not valid UTF-8" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    no_answer = tmp_path / "no_answer.jsonl"
+    no_answer.write_text(good + "\n" + json.dumps({"dataset": "d", "id": 2, "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}) + "\n")
+    res = _run_cli("sft", str(no_answer), *common)
+    assert res.returncode == 2, res.stderr
+    assert f"{no_answer}:2: no assistant turn (nothing to train on)" in res.stderr, res.stderr
+    assert not (tmp_path / "c").exists()
+
+
 def test_bad_arguments_raise_data_error(assets, tmp_path):
     for kwargs, message in (({"kind": "ppo"}, "kind"), ({"overlong": "cut"}, "overlong"),
                             ({"seq_len": 1}, "seq_len")):
@@ -416,7 +435,7 @@ def test_adelie_sample_files(tmp_path):
                    ("zeroshot", "fewshot_test_history"))
     assert files
     try:
-        from data.bundled import ensure_default_assets
+        from ie_engine.data.bundled import ensure_default_assets
         tok_path = ensure_default_assets(str(tmp_path / "assets"))["tokenizer"]
     except ImportError:  # D1's bundled assets not there: a tokenizer trained on the samples
         texts = [m["content"] for f in files for r in read_sft(f) for m in r["messages"]]

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from data.sampler import RowSampler
+from ie_engine.data.sampler import RowSampler
 
 
 def _rows(n: int, seed: int = 0) -> np.ndarray:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.formats import read_sft
-from data.template import encode_conversation, encode_conversation_ref, encode_pair, render
-from data.tokenizer import Tokenizer, train_tokenizer
+from ie_engine.data.formats import read_sft
+from ie_engine.data.template import encode_conversation, encode_conversation_ref, encode_pair, render
+from ie_engine.data.tokenizer import Tokenizer, train_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "adelie_samples"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from data.formats import read_sft
-from data.tokenizer import Tokenizer, train_tokenizer
+from ie_engine.data.formats import read_sft
+from ie_engine.data.tokenizer import Tokenizer, train_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

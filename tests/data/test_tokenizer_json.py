@@ -10,14 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from data.cache import TokenCache
-from data.formats import read_dpo, read_sft
-from data.prepare import prepare
-from data.template import encode_conversation, encode_conversation_ref, encode_pair
-from data.tokenizer import Tokenizer, WordCacheTokenizer, find_tokenizer, tokenizer_sha256, \
-    train_byte_level_tokenizer, train_tokenizer
 from test_template import EDGE_CASES, open_instruct_ref  # the reference algorithm, typed once
+
+from ie_engine.data.cache import TokenCache
+from ie_engine.data.formats import read_dpo, read_sft
+from ie_engine.data.prepare import prepare
+from ie_engine.data.template import encode_conversation, encode_conversation_ref, encode_pair
+from ie_engine.data.tokenizer import (
+    Tokenizer,
+    WordCacheTokenizer,
+    find_tokenizer,
+    tokenizer_sha256,
+    train_byte_level_tokenizer,
+    train_tokenizer,
+)
 
 transformers = pytest.importorskip("transformers")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -151,7 +157,8 @@ def test_template_matches_open_instruct(tok, hf):
 def test_fallback_when_newline_is_not_a_boundary(tmp_path):
     """A byte-level BPE without the regex split merges across newlines: the probe sees it and
     the template takes the reference path, which still matches open-instruct."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
     raw = HFTokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     raw.decoder = decoders.ByteLevel()
@@ -169,7 +176,7 @@ def test_fallback_when_newline_is_not_a_boundary(tmp_path):
 
 
 def test_token_cache_with_a_byte_level_tokenizer(tmp_path, tok):
-    """data.prepare runs unchanged: every cached document is the template's encoding."""
+    """ie_engine.data.prepare runs unchanged: every cached document is the template's encoding."""
     sft = prepare("sft", [str(FIXTURES / "sft_sample.jsonl")], tok.path, 512, str(tmp_path / "sft"), workers=1)
     cache = TokenCache(tmp_path / "sft")
     assert cache.vocab_size == tok.vocab_size and cache.meta["bos_id"] == tok.bos_id

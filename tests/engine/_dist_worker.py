@@ -1,9 +1,9 @@
-"""Worker for the multi-process tests of engine/parallel.py and engine/train_checkpoint.py, launched by
+"""Worker for the multi-process tests of engine/parallel.py and engine/train/checkpoint.py, launched by
 pytest through `launch()` as `python -m torch.distributed.run --standalone --nproc_per_node 2
 _dist_worker.py MODE OUT [ARGS]`. Rank 0 writes the results to OUT (an .npz of plain arrays) for pytest to
 compare with a single-process reference built from the same helpers, which pytest imports.
 
-The training loop is deliberately independent of engine/train_step.py: logits from `model(ids)`,
+The training loop is deliberately independent of engine/train/step.py: logits from `model(ids)`,
 cross-entropy summed over this rank's tokens and divided by the valid-token count of the
 whole global batch, AdamW.
 """
@@ -20,12 +20,10 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
+from ie_engine.engine.model.config import ModelConfig
+from ie_engine.engine.model.transformer import build_model
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # so `engine` imports under torchrun too
-
-from engine.model_config import ModelConfig  # noqa: E402
-from engine.model import build_model  # noqa: E402
-
 IGNORE = -100
 
 
@@ -71,8 +69,8 @@ def make_optimizer(model):
     eps well above the default 1e-8: Adam's g / sqrt(v) turns last-bit differences in a
     gradient that cancels to ~1e-10 (the sum order differs between 1 and 2 ranks) into a
     full-size update difference; eps bounds that amplification by lr / eps."""
-    from engine.optim import build_optimizer
-    from engine.run_config import OptimConfig
+    from ie_engine.engine.run_config import OptimConfig
+    from ie_engine.engine.train.optim import build_optimizer
     return build_optimizer(model, OptimConfig(lr=3e-3, betas=[0.9, 0.95], eps=1e-5, weight_decay=0.1))
 
 
@@ -93,7 +91,7 @@ def train(model, opt, batches, rank: int = 0, world: int = 1, micro: int = 1, sc
     head_fn: apply the output head through forward's head_fn, the path the fused-head losses take.
     sync_every: reduce-scatter gradients after every micro-batch (the engine's default), else
     only after the last (FSDP2 keeps unsharded gradients in between)."""
-    from engine.parallel import set_grad_sync
+    from ie_engine.engine.parallel import set_grad_sync
 
     losses = []
     for ids, labels in batches:
@@ -144,7 +142,13 @@ def make_scheduler(opt):
 
 
 def run_parallel(out: Path) -> None:
-    from engine.parallel import ParallelConfig, init_distributed, load_full_state_dict, materialize, parallelize
+    from ie_engine.engine.parallel import (
+        ParallelConfig,
+        init_distributed,
+        load_full_state_dict,
+        materialize,
+        parallelize,
+    )
 
     world = init_distributed(timeout_s=60, device_type="cpu")
     r, w = world.rank, world.world_size
@@ -201,8 +205,8 @@ def run_parallel(out: Path) -> None:
 def run_state(out: Path, root: Path, resume: bool) -> None:
     """First launch (resume=False): train 3 steps, save, train 2 more, save. Second launch:
     load the step-3 state (named explicitly) and train the same 2 steps."""
-    from engine import train_checkpoint
-    from engine.parallel import ParallelConfig, init_distributed, materialize, parallelize
+    from ie_engine.engine.parallel import ParallelConfig, init_distributed, materialize, parallelize
+    from ie_engine.engine.train import checkpoint as train_checkpoint
 
     world = init_distributed(timeout_s=60, device_type="cpu")
     r, w = world.rank, world.world_size
@@ -247,7 +251,7 @@ if __name__ == "__main__":
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     finally:
-        from engine.parallel import destroy_distributed
+        from ie_engine.engine.parallel import destroy_distributed
         destroy_distributed()
-    from engine.parallel import exit_process
+    from ie_engine.engine.parallel import exit_process
     exit_process(0)  # reached only on success; skips interpreter teardown (see its docstring)

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from engine.hf_checkpoint import load_hf, save_hf
-from tests.helpers import rel_err
-from engine.model_config import ModelConfig
-from engine.model import build_model
+from ie_engine.engine.model.config import ModelConfig
+from ie_engine.engine.model.hf_checkpoint import load_hf, save_hf
+from ie_engine.engine.model.transformer import build_model
+
+from helpers import rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -83,7 +84,7 @@ def test_save_hf_writes_tokenizer_files(tmp_path):
 
 
 def test_save_hf_of_an_activation_checkpointed_model(tmp_path):
-    from engine.parallel import apply_activation_checkpointing
+    from ie_engine.engine.parallel import apply_activation_checkpointing
     cfg = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=50, multiple_of=16, max_seq_len=64)
     model = build_model(cfg, "cpu")
     model.init_weights(1)

@@ -4,8 +4,8 @@ from typing import Literal
 
 import pytest
 
-from engine.config import ConfigError, dump_config, format_config, parse_config
-from engine.model_config import ModelConfig
+from ie_engine.engine.config import ConfigError, dump_config, format_config, parse_config
+from ie_engine.engine.model.config import ModelConfig
 
 
 @dataclass
@@ -94,7 +94,7 @@ def test_model_config_from_params_json(tmp_path):
     ("model.preset=nope", "model.preset"), ("parallel.dp_replicate=3", "parallel.dp_replicate"),
 ])
 def test_constraints_fail_at_parse_time_naming_the_key(override, key):
-    from engine.run_config import DPOConfig
+    from ie_engine.engine.run_config import DPOConfig
     base = ["global_batch_rows=4", "data.rows_per_micro_batch=2"]
     if override == "dpo.label_smoothing=0.6":
         parse_config(DPOConfig, base + [override])  # cDPO: a flip probability in [0, 1]
@@ -104,7 +104,7 @@ def test_constraints_fail_at_parse_time_naming_the_key(override, key):
 
 
 def test_label_smoothing_is_meaningless_for_ipo():
-    from engine.run_config import DPOConfig
+    from ie_engine.engine.run_config import DPOConfig
     with pytest.raises(ConfigError, match=r"dpo\.label_smoothing"):
         parse_config(DPOConfig, ["dpo.loss_type=ipo", "dpo.label_smoothing=0.1"])
     assert parse_config(DPOConfig, ["dpo.loss_type=ipo"]).dpo.loss_type == "ipo"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine.hf_checkpoint import config_from_hf, config_to_hf, load_hf, save_hf
-from engine.model import build_model, rope_tables
-from engine.model_config import PRESETS, ModelConfig, RopeScaling
+from ie_engine.engine.model.config import PRESETS, ModelConfig, RopeScaling
+from ie_engine.engine.model.hf_checkpoint import config_from_hf, config_to_hf, load_hf, save_hf
+from ie_engine.engine.model.transformer import build_model, rope_tables
 
 transformers = pytest.importorskip("transformers")
 
@@ -195,8 +195,8 @@ def test_hf_config_rejects_what_the_model_cannot_express():
 
 
 def test_tied_head_stays_one_parameter_under_fsdp_and_reaches_fused_losses(world1):
-    from engine.parallel import ParallelConfig, materialize, parallelize
-    from kernels import fused_linear_logprob
+    from ie_engine.engine.parallel import ParallelConfig, materialize, parallelize
+    from ie_engine.kernels.fused_linear_logprob import fused_linear_logprob
     cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=53, multiple_of=16,
                       max_seq_len=64, qkv_bias=True, tie_embeddings=True,
                       rope_scaling=RopeScaling(factor=4.0, original_max_seq_len=16))
@@ -231,8 +231,8 @@ def test_tied_head_stays_one_parameter_under_fsdp_and_reaches_fused_losses(world
 
 def test_tied_model_resumes_from_a_sharded_training_state(world1, tmp_path):
     """DCP save/load of model + AdamW state keeps the tie and restores the one tied tensor."""
-    from engine.parallel import ParallelConfig, materialize, parallelize
-    from engine.train_checkpoint import load_state, save_state
+    from ie_engine.engine.parallel import ParallelConfig, materialize, parallelize
+    from ie_engine.engine.train.checkpoint import load_state, save_state
     cfg = ModelConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=53, multiple_of=16,
                       max_seq_len=32, qkv_bias=True, tie_embeddings=True)
     pcfg = ParallelConfig(mixed_precision="fp32")
@@ -269,7 +269,7 @@ def test_meta_params_json_of_llama3_2(tmp_path):
 
 @pytest.mark.parametrize("style", ["llama3", "qwen2"])
 def test_save_hf_writes_a_tokenizer_json_and_its_ids(tmp_path, style):
-    from data.tokenizer import Tokenizer, train_byte_level_tokenizer
+    from ie_engine.data.tokenizer import Tokenizer, train_byte_level_tokenizer
     train_byte_level_tokenizer(["Ada met Alan in Paris.\nIt rained."] * 5, 300, tmp_path / "tok", style)
     tok = Tokenizer(tmp_path / "tok")
     cfg = ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16, max_seq_len=64,

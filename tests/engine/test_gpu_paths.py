@@ -12,14 +12,15 @@
 import pytest
 import torch
 
-from engine import attention as attn_mod
-from engine import parallel
-from engine.attention import cu_seqlens_from_doc_ids, select_backend
-from engine.batching import to_device
-from engine.model import build_model
-from engine.model_config import ModelConfig
-from engine.run_config import ParallelConfig
-from tests.helpers import make_model, sdpa_flash_varlen, tiny_model_config
+from ie_engine.engine import parallel
+from ie_engine.engine.model import attention as attn_mod
+from ie_engine.engine.model.attention import cu_seqlens_from_doc_ids, select_backend
+from ie_engine.engine.model.config import ModelConfig
+from ie_engine.engine.model.transformer import build_model
+from ie_engine.engine.run_config import ParallelConfig
+from ie_engine.engine.train.batching import to_device
+
+from helpers import make_model, sdpa_flash_varlen, tiny_model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,13 +72,13 @@ def test_flex_block_mask_built_once_per_forward(monkeypatch):
 def test_dense_mask_built_once_per_forward_and_recompute(monkeypatch):
     """SDPA (the CPU path) with activation checkpointing: the (B, 1, T, T) mask is made once; the
     recompute in backward reuses it."""
-    from engine.parallel import apply_activation_checkpointing
+    from ie_engine.engine.parallel import apply_activation_checkpointing
     cfg = tiny(attn_backend="sdpa")
     model = make(cfg).train()
     apply_activation_checkpointing(model, "full")
     ids, positions, doc_ids = packed(cfg.vocab_size)
     calls = count_calls(monkeypatch, attn_mod, "build_doc_mask")
-    from engine import model as model_mod
+    import ie_engine.engine.model.transformer as model_mod
     monkeypatch.setattr(model_mod, "build_doc_mask", attn_mod.build_doc_mask)
     model(ids, positions=positions, doc_ids=doc_ids).sum().backward()
     assert len(calls) == 1
@@ -123,15 +124,15 @@ def test_auto_backend_never_flash_for_fp32(monkeypatch):
 
 
 def test_rope_tables_stay_fp32_under_bf16_mixed_precision(world1, monkeypatch):
-    import kernels
+    import ie_engine.engine.model.transformer as transformer
     seen = []
-    real = kernels.apply_rope
+    real = transformer.apply_rope
 
     def spy(q, k, cos, sin, positions=None):
         seen.append((q.dtype, cos.dtype, sin.dtype))
         return real(q, k, cos, sin, positions)
 
-    monkeypatch.setattr(kernels, "apply_rope", spy)
+    monkeypatch.setattr(transformer, "apply_rope", spy)
     cfg = tiny()
     pcfg = ParallelConfig(mixed_precision="bf16")
     model = parallel.parallelize(build_model(cfg, "meta"), pcfg, world1)

@@ -3,10 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import attention, build_doc_mask
-from engine.model_config import PRESETS
-from engine.model import build_model
-from tests.helpers import make_model, tiny_model_config
+from ie_engine.engine.model.attention import attention, build_doc_mask
+from ie_engine.engine.model.config import PRESETS
+from ie_engine.engine.model.transformer import build_model
+
+from helpers import make_model, tiny_model_config
 
 PUBLISHED = {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320, "llama2-70b": 68_976_648_192}
 
@@ -111,7 +112,7 @@ def test_positions_without_doc_ids_is_an_error():
 def _backends():
     out = ["sdpa", "flex"]  # FlexAttention's forward runs on CPU too (no backward there)
     if torch.cuda.is_available():
-        from engine.attention import flash_attn_varlen_func
+        from ie_engine.engine.model.attention import flash_attn_varlen_func
         if flash_attn_varlen_func is not None:
             out.append("flash")
     return out

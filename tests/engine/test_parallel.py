@@ -7,18 +7,17 @@ recipe.py` gets, and activation checkpointing, are tested in this process.
 """
 from __future__ import annotations
 
-
+import _dist_worker as W
 import numpy as np
 import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-import _dist_worker as W
-from engine.config import ConfigError
-from engine.model import build_model
-from engine.parallel import ParallelConfig, World, build_mesh, materialize, parallelize
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.model.transformer import build_model
+from ie_engine.engine.parallel import ParallelConfig, World, build_mesh, materialize, parallelize
 
-from tests.helpers import rel_err
+from helpers import rel_err
 
 
 def reference(n_steps: int = 3, micro: int = 1):

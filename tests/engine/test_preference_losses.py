@@ -1,4 +1,4 @@
-"""engine/losses.py's preference losses against their formulas in float64 (on per-document sums
+"""engine/train/losses.py's preference losses against their formulas in float64 (on per-document sums
 and target-token counts of a packed batch), and against TRL's DPOTrainer where TRL has the same
 loss (ipo on per-token averages, sigmoid_norm = dpo_norm, sigmoid + sft = RPO)."""
 import collections
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.losses import PREFERENCE_LOSSES, preference_loss
-from engine.run_config import DPOSection
+from ie_engine.engine.run_config import PREFERENCE_LOSSES, DPOSection
+from ie_engine.engine.train.losses import preference_loss
 
 P = 5
 

@@ -1,4 +1,4 @@
-"""engine/train_checkpoint.py: resuming reproduces training; crashes mid-save and pruning.
+"""engine/train/checkpoint.py: resuming reproduces training; crashes mid-save and pruning.
 
 The reference for a resumed run is the uninterrupted run: 2 ranks (FSDP2, gloo) train 3 steps,
 save, train 2 more; a fresh launch loads the step-3 state into a differently initialised model
@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import random
 
+import _dist_worker as W
 import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-import _dist_worker as W
-from engine import train_checkpoint
-from engine.model import build_model
-from engine.parallel import ParallelConfig, materialize, parallelize
-
-
+from ie_engine.engine.model.transformer import build_model
+from ie_engine.engine.parallel import ParallelConfig, materialize, parallelize
+from ie_engine.engine.train import checkpoint as train_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.model_config import ModelConfig
-from engine.model import build_model
-from engine.losses import score_documents, sft_loss
-from engine.optim import build_optimizer, build_scheduler
-from engine.run_config import OptimConfig
-from engine.train_step import train_step
+from ie_engine.engine.model.config import ModelConfig
+from ie_engine.engine.model.transformer import build_model
+from ie_engine.engine.run_config import OptimConfig
+from ie_engine.engine.train.losses import score_documents, sft_loss
+from ie_engine.engine.train.optim import build_optimizer, build_scheduler
+from ie_engine.engine.train.step import train_step
 
 
 def tiny_model(seed=0):

@@ -4,19 +4,20 @@ from pathlib import Path
 
 import pytest
 
-from engine.hf_checkpoint import save_hf
+from ie_engine.engine.model.hf_checkpoint import save_hf
+
 from gen_utils import tiny_model
 
 
 @pytest.fixture(scope="session")
 def bundled(tmp_path_factory) -> dict:
-    from data.bundled import ensure_default_assets
+    from ie_engine.data.bundled import ensure_default_assets
     return ensure_default_assets(tmp_path_factory.mktemp("gen-cache"))
 
 
 @pytest.fixture(scope="session")
 def tokenizer(bundled):
-    from data.tokenizer import Tokenizer
+    from ie_engine.data.tokenizer import Tokenizer
     return Tokenizer(bundled["tokenizer"])
 
 

@@ -1,8 +1,8 @@
 """Helpers for the generation tests (a unique module name: conftest.py files share theirs)."""
 import torch
 
-from engine.model import build_model
-from engine.model_config import ModelConfig
+from ie_engine.engine.model.config import ModelConfig
+from ie_engine.engine.model.transformer import build_model
 
 
 def tiny_model(vocab_size: int, n_kv_heads: int = 2, seed: int = 1, max_seq_len: int = 512, dim: int = 64,

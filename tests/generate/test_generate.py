@@ -5,11 +5,12 @@ import collections
 import pytest
 import torch
 
+from ie_engine.engine.generate.config import GenerateSection
+from ie_engine.engine.generate.generator import Request, build_generation_model, generate
+from ie_engine.engine.model.attention import KVCache
+from ie_engine.engine.model.hf_checkpoint import save_hf
+
 from gen_utils import tiny_model
-from engine.attention import KVCache
-from engine.generate import Request, build_generation_model, generate
-from engine.hf_checkpoint import save_hf
-from engine.run_config import GenerateSection
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 V = 211

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from data.template import encode_conversation
-from data.tokenizer import Tokenizer
-from engine.config import ConfigError
-from engine.generate import build_generation_model
-from engine.generate_files import encode_prompt, generate_files, prompt_messages, read_prompts
-from engine.parallel import World
-from engine.run_config import GenerateSection
-from recipes import generate as recipe
+from ie_engine.data.template import encode_conversation
+from ie_engine.data.tokenizer import Tokenizer
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.generate.config import GenerateSection
+from ie_engine.engine.generate.files import encode_prompt, generate_files, prompt_messages, read_prompts
+from ie_engine.engine.generate.generator import build_generation_model
+from ie_engine.engine.parallel import World
+from ie_engine.recipes import generate as recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "adelie_samples" / "test_format"
@@ -141,7 +141,7 @@ def test_bad_checkpoint_and_tokenizer_are_config_errors(tmp_path, checkpoint, bu
     with pytest.raises(ConfigError, match=r"model\.checkpoint: generation needs"):
         recipe.main(["model.checkpoint=", *args])
     other = tmp_path / "other.model"
-    from data.tokenizer import train_tokenizer
+    from ie_engine.data.tokenizer import train_tokenizer
     train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 50, 300, other)
     with pytest.raises(ConfigError, match=r"data\.tokenizer: .*other\.model has \d+ pieces but model\.checkpoint"):
         recipe.main([f"model.checkpoint={checkpoint}", f"data.tokenizer={other}", *args])
@@ -150,7 +150,7 @@ def test_bad_checkpoint_and_tokenizer_are_config_errors(tmp_path, checkpoint, bu
 
 
 def test_config_keys_are_checked_at_parse_time():
-    from engine.config import parse_config
+    from ie_engine.engine.config import parse_config
     for arg, match in [("generate.top_p=0", "generate.top_p"), ("generate.n=0", "generate.n"),
                        ("generate.temperature=-1", "generate.temperature"), ("generate.stop=['']", "generate.stop"),
                        ("generate.backend=hf", "generate.backend"), ("generate.tensor_parallel=2", "tensor_parallel"),
@@ -160,7 +160,7 @@ def test_config_keys_are_checked_at_parse_time():
 
 
 def test_vllm_runs_in_one_process(monkeypatch):
-    from engine.config import parse_config
+    from ie_engine.engine.config import parse_config
     parse_config(recipe.CONFIG, ["model.checkpoint=x", "generate.backend=vllm", "generate.tensor_parallel=4"])
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="launch one process"):

@@ -12,13 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import engine.generate as gen_mod
-import engine.model as model_mod
-from engine import attention as attn_mod
-from engine.generate import KV_BLOCK, Generator, Request, generate
-from engine.run_config import GenerateSection
+import ie_engine.engine.generate.generator as gen_mod
+import ie_engine.engine.model.transformer as model_mod
+from ie_engine.engine.generate.config import GenerateSection
+from ie_engine.engine.generate.generator import KV_BLOCK, Generator, Request, generate
+from ie_engine.engine.model import attention as attn_mod
+
 from gen_utils import tiny_model
-from tests.helpers import sdpa_flash_varlen
+from helpers import sdpa_flash_varlen
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 V = 211
@@ -54,7 +55,7 @@ def test_graph_bookkeeping_gives_the_eager_samples(monkeypatch):
             assert kv_len % KV_BLOCK == 0 or kv_len == slots
             self.step(rows, kv_len)
 
-    monkeypatch.setattr(gen_mod, "_GraphSteps", EagerGraphs)
+    monkeypatch.setattr(gen_mod, "GraphSteps", EagerGraphs)
     slots = max(map(len, ps)) + 20
     g = Generator(model, settings, rows=6, slots=slots, eos_id=17, graphs=True)
     got = collect(g.run(requests(ps, 2)))

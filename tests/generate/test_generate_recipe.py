@@ -6,9 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-from recipe_utils import child_env, run, torchrun_cmd  # noqa: E402
+from recipe_utils import child_env, run, torchrun_cmd
 
 
 def test_one_and_two_ranks_write_the_same_files(tmp_path, bundled, checkpoint):

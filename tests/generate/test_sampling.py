@@ -1,11 +1,11 @@
-"""engine/sampling.py: the 32-bit hash against Python integers, Gumbel-max frequencies against
+"""engine/generate/sampling.py: the 32-bit hash against Python integers, Gumbel-max frequencies against
 softmax, top-k / top-p against a sorted-list reference, keys."""
 import math
 
 import pytest
 import torch
 
-from engine.sampling import _mul32, filter_logits, hash32, sample_key, sample_next
+from ie_engine.engine.generate.sampling import _mul32, filter_logits, hash32, sample_key, sample_next
 
 
 def hash32_py(x: int) -> int:

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import ConfigError
-from engine.generate_files import encode_prompt, generate_files, prompt_messages
-from engine.parallel import World
-from engine.run_config import GenerateSection
-from engine.sampling import sample_key
-from engine.vllm_backend import request_seed, sampling_kwargs
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.generate.config import GenerateSection
+from ie_engine.engine.generate.files import encode_prompt, generate_files, prompt_messages
+from ie_engine.engine.generate.sampling import sample_key
+from ie_engine.engine.generate.vllm_backend import request_seed, sampling_kwargs
+from ie_engine.engine.parallel import World
 
 WORLD = World(0, 1, 0, torch.device("cpu"), "gloo")
 

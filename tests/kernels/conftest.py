@@ -1,7 +1,7 @@
 """The paths a kernel test runs on, and a spy that proves the Triton kernels ran on them.
 
     cpu-interpret   CPU tensors; the public function is told to take its Triton path (the
-                    dispatch rule, kernels._dispatch.use_triton, is replaced by a spy that says
+                    dispatch rule, ie_engine.kernels._dispatch.use_triton, is replaced by a spy that says
                     True for CPU tensors) and the kernels run in Triton's interpreter. That needs
                     them built for it: TRITON_INTERPRET=1 before triton is imported, which
                     tests/conftest.py sets without CUDA. On a CUDA machine run
@@ -23,16 +23,16 @@ import importlib
 import pytest
 import torch
 
-from kernels import _dispatch
+from ie_engine.kernels import _dispatch
 
-KERNEL_MODULES = ["kernels.rms_norm", "kernels.rope", "kernels.swiglu", "kernels.dpo_loss",
-                  "kernels.fused_linear_logprob"]
+KERNEL_MODULES = ["ie_engine.kernels.rms_norm", "ie_engine.kernels.rope", "ie_engine.kernels.swiglu", "ie_engine.kernels.dpo_loss",
+                  "ie_engine.kernels.fused_linear_logprob"]
 
 
 def kernels_interpreted() -> bool:
     """Whether Triton built this process's kernels for its interpreter (TRITON_INTERPRET=1 at import)."""
     from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(importlib.import_module("kernels.rms_norm")._rms_norm_fwd_kernel, InterpretedFunction)
+    return isinstance(importlib.import_module("ie_engine.kernels.rms_norm")._rms_norm_fwd_kernel, InterpretedFunction)
 
 
 @dataclasses.dataclass

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kernels import (fused_linear_cross_entropy, fused_linear_cross_entropy_ref, fused_linear_logprob,
-                     fused_linear_logprob_ref, sequence_logps)
-from tests.helpers import rel_err
+from ie_engine.kernels.cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_ref
+from ie_engine.kernels.fused_linear_logprob import fused_linear_logprob, fused_linear_logprob_ref, sequence_logps
+
+from helpers import rel_err
 
 # the module, not the function of the same name that kernels/__init__.py exports
-flp = importlib.import_module("kernels.fused_linear_logprob")
-chunk_matmul = importlib.import_module("kernels._chunk_matmul")
+flp = importlib.import_module("ie_engine.kernels.fused_linear_logprob")
+chunk_matmul = importlib.import_module("ie_engine.kernels._chunk_matmul")
 N, H, V = 37, 29, 4131
 KERNELS = ("_flp_fwd_kernel", "_flp_bwd_kernel")
 assert flp.BLOCK_V < V < 2 * flp.BLOCK_V

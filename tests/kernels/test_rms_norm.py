@@ -1,4 +1,4 @@
-"""kernels.rms_norm against its spec (rms_norm_ref) run in float64: output, dx and dweight.
+"""ie_engine.kernels.rms_norm against its spec (rms_norm_ref) run in float64: output, dx and dweight.
 
 Kernel cases run on the paths of tests/kernels/conftest.py (the interpreter on CPU, compiled on
 CUDA). The interpreter truncates fp32 -> bf16 casts (Triton 3.9 casts with no rounding mode),
@@ -7,8 +7,9 @@ where a GPU rounds to nearest even, so the bf16 tolerance allows ~2 bf16 ulps.
 import pytest
 import torch
 
-from kernels.rms_norm import rms_norm, rms_norm_ref
-from tests.helpers import rel_err
+from ie_engine.kernels.rms_norm import rms_norm, rms_norm_ref
+
+from helpers import rel_err
 
 EPS = 1e-5
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}

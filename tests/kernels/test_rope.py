@@ -8,8 +8,9 @@ bf16 tolerance allows ~2 bf16 ulps.
 import pytest
 import torch
 
-from kernels.rope import apply_rope, apply_rope_ref
-from tests.helpers import rel_err
+from ie_engine.kernels.rope import apply_rope, apply_rope_ref
+
+from helpers import rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 B, T, HQ, HK, D, MAX_POS = 2, 13, 6, 2, 10, 40

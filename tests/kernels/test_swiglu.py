@@ -1,4 +1,4 @@
-"""kernels.swiglu against its spec (swiglu_ref) run in float64: output, dgate and dup.
+"""ie_engine.kernels.swiglu against its spec (swiglu_ref) run in float64: output, dgate and dup.
 
 Kernel cases run on the paths of tests/kernels/conftest.py (the interpreter on CPU, compiled on
 CUDA). The interpreter truncates fp32 -> bf16 casts where a GPU rounds to nearest even, so the
@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.swiglu import swiglu, swiglu_ref
-from tests.helpers import rel_err
+from ie_engine.kernels.swiglu import swiglu, swiglu_ref
+
+from helpers import rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 KERNELS = ("_swiglu_fwd_kernel", "_swiglu_bwd_kernel")

@@ -5,12 +5,8 @@
 """
 import os
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import torch.distributed as tdist  # noqa: E402
+import torch.distributed as tdist
 
 
 def spy(name):
@@ -34,7 +30,7 @@ for op in ("all_reduce", "broadcast", "broadcast_object_list", "all_gather_into_
 
 if __name__ == "__main__":
     recipe, args = sys.argv[1], sys.argv[2:]
-    from engine import parallel
-    module = __import__(f"recipes.{recipe}", fromlist=["main"])
+    from ie_engine.engine import parallel
+    module = __import__(f"ie_engine.recipes.{recipe}", fromlist=["main"])
     module.main(args)
     parallel.exit_process(0)

@@ -9,7 +9,8 @@ FSDP2's all-gathers and reduce-scatters call the process group directly, on the 
 parameters live on (world.device), so they cannot meet a device the group does not serve."""
 import pytest
 
-from engine import parallel
+from ie_engine.engine import parallel
+
 from recipe_utils import FAST, REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow
 def spy_run(tmp_path, recipe, args, out):
     import subprocess
     import sys
+
     from recipe_utils import child_env
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(REPO / "tests" / "recipes" / "collective_spy.py"), recipe, *args]

@@ -37,6 +37,7 @@ def test_cached_reference_equals_frozen_reference(tmp_path, cache_dir, sft_run):
 
 def test_bad_config_fails_before_any_model_is_built(tmp_path, cache_dir):
     import subprocess
+
     from recipe_utils import child_env
     proc = subprocess.run(torchrun_cmd("dpo.py", 1, [f"output_dir={tmp_path}", "dpo.beta=strong"]),
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
@@ -48,9 +49,10 @@ def test_reference_cache_key_covers_precision_backend_and_weights(tmp_path):
     from types import SimpleNamespace
 
     import torch
-    from engine.config import parse_config
-    from engine.parallel import World
-    from recipes import dpo
+
+    from ie_engine.engine.config import parse_config
+    from ie_engine.engine.parallel import World
+    from ie_engine.recipes import dpo
 
     world = World(0, 1, 0, torch.device("cpu"), "gloo")
     keys = {}

@@ -2,23 +2,21 @@
 step and leaves the last good checkpoint; bad data is reported before any model is built."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
-from recipe_utils import FAST, REPO
 
-sys.path.insert(0, str(REPO))
-import engine.fit  # noqa: E402
-import engine.model_setup  # noqa: E402
-from recipes import sft  # noqa: E402
+import ie_engine.engine.train.fit as fit
+import ie_engine.engine.train.model_setup as model_setup
+from ie_engine.recipes import sft
 
+from recipe_utils import FAST
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, cache_dir, monkeypatch):
-    real_step = engine.fit.train_step
+    real_step = fit.train_step
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -28,7 +26,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, cache_dir,
             out["loss"] = math.nan
         return out
 
-    monkeypatch.setattr(engine.fit, "train_step", poisoned)
+    monkeypatch.setattr(fit, "train_step", poisoned)
     out = tmp_path / "run"
     with pytest.raises(FloatingPointError, match=r"at step 3.*step-00000002"):
         sft.main([*FAST, f"data.cache_dir={cache_dir}", f"output_dir={out}", "max_steps=5", "save_every=2"])
@@ -46,12 +44,12 @@ def test_bad_record_is_reported_before_the_model_is_built(tmp_path, cache_dir, m
     def no_model(*a, **k):
         raise AssertionError("the model was built before the data error was reported")
 
-    monkeypatch.setattr(engine.model_setup, "build_model", no_model)
+    monkeypatch.setattr(model_setup, "build_model", no_model)
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         sft.main([*FAST, f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}",
                   f"data.train_files=[{bad}]", f"data.tokenizer={_bundled_tokenizer(cache_dir)}"])
 
 
 def _bundled_tokenizer(cache_dir: Path) -> Path:
-    from data.bundled import ensure_default_assets
+    from ie_engine.data.bundled import ensure_default_assets
     return Path(ensure_default_assets(str(cache_dir))["tokenizer"])

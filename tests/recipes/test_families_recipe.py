@@ -27,7 +27,7 @@ def write_pairs(path: Path, n: int = 40) -> Path:
 
 
 def corpus() -> list[str]:
-    from data.formats import read_sft
+    from ie_engine.data.formats import read_sft
     texts = [m["content"] for r in read_sft(SFT_FILE) for m in r["messages"]]
     return texts + ["<|system|>\n<|user|>\n<|assistant|>\n[Answer]: "] * 4
 
@@ -35,7 +35,7 @@ def corpus() -> list[str]:
 @pytest.fixture(scope="module", params=["llama3", "qwen2"])
 def checkpoint(request, tmp_path_factory) -> Path:
     """A transformers-saved tiny checkpoint of the family with its tokenizer.json beside it."""
-    from data.tokenizer import Tokenizer, train_byte_level_tokenizer
+    from ie_engine.data.tokenizer import Tokenizer, train_byte_level_tokenizer
     d = tmp_path_factory.mktemp(request.param)
     tok = Tokenizer(train_byte_level_tokenizer(corpus(), 500, d, request.param))
     shape = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -60,7 +60,7 @@ def checkpoint(request, tmp_path_factory) -> Path:
 
 
 def assert_export_matches_transformers(final: Path, vocab: int) -> float:
-    from engine.hf_checkpoint import load_hf
+    from ie_engine.engine.model.hf_checkpoint import load_hf
     ours = load_hf(final).eval()
     hf = transformers.AutoModelForCausalLM.from_pretrained(final, attn_implementation="eager").float().eval()
     x = torch.randint(0, vocab, (2, 77))
@@ -93,7 +93,7 @@ def test_sft_then_dpo_and_back_to_transformers(checkpoint, tmp_path):
     err = assert_export_matches_transformers(final, hf_cfg.vocab_size)
     print(f"{hf_cfg.model_type} SFT export: logits rel err {err:.2e}")
     # the weights moved
-    from engine.hf_checkpoint import load_hf
+    from ie_engine.engine.model.hf_checkpoint import load_hf
     assert not torch.equal(load_hf(final).tok_embeddings.weight, load_hf(checkpoint).tok_embeddings.weight)
 
     dpo = tmp_path / "dpo"
@@ -109,8 +109,8 @@ def test_sft_then_dpo_and_back_to_transformers(checkpoint, tmp_path):
     # every other preference loss on the same family, in-process (1-process group), 1 step each
     import math
 
-    from engine.losses import PREFERENCE_LOSSES
-    from recipes import dpo as dpo_recipe
+    from ie_engine.engine.run_config import PREFERENCE_LOSSES
+    from ie_engine.recipes import dpo as dpo_recipe
     for loss_type in sorted(set(PREFERENCE_LOSSES) - {"sigmoid"}):
         out = tmp_path / f"dpo-{loss_type}"
         dpo_recipe.main([*common(tmp_path / "cache", out, final, pairs), "max_steps=1", f"dpo.loss_type={loss_type}",

@@ -3,7 +3,8 @@ them, writes IEFeedback pairs that recipes/dpo.py trains on unchanged; a rerun (
 finished samples) writes the same pairs."""
 import json
 
-from data.formats import read_dpo
+from ie_engine.data.formats import read_dpo
+
 from recipe_utils import FAST, metrics, run, torchrun_cmd
 
 

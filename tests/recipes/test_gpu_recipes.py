@@ -2,7 +2,7 @@
 bf16 compute, fp32 master weights and gradient reduction), ~20 steps of the debug model each.
 
 - SFT with model.attn_backend=flex and with sdpa: the loss falls (mean of the last 5 steps below
-  the mean of the first 5), and the final export loads with engine.hf_checkpoint.load_hf and with
+  the mean of the first 5), and the final export loads with ie_engine.engine.model.hf_checkpoint.load_hf and with
   transformers.AutoModelForCausalLM and gives finite logits;
 - DPO from the flex SFT export (16 bundled pairs, all in every step): starts at log 2 (policy =
   reference), the loss falls, the export loads;
@@ -11,7 +11,7 @@ bf16 compute, fp32 master weights and gradient reduction), ~20 steps of the debu
 - parallel.deterministic=true (default backend: flex without flash-attn): two runs give
   bitwise-identical losses and gradient norms.
 
-Every test is marked gpu, so tests/conftest.py skips it without CUDA; `python -m bench.gpu_check`
+Every test is marked gpu, so tests/conftest.py skips it without CUDA; `python -m ie_engine.bench.gpu_check`
 runs them (`pytest -m gpu tests/recipes`) on a GPU machine.
 """
 import json
@@ -75,7 +75,7 @@ def assert_loss_falls(output_dir) -> None:
 
 def assert_export_loads(final) -> None:
     """Our loader and transformers both read the export, and both give finite logits on the GPU."""
-    from engine.hf_checkpoint import load_hf
+    from ie_engine.engine.model.hf_checkpoint import load_hf
 
     vocab = json.loads((final / "config.json").read_text())["vocab_size"]
     # 128 tokens: a whole FlexAttention block (the default backend on CUDA without flash-attn)
@@ -95,7 +95,7 @@ def assert_export_loads(final) -> None:
 @pytest.fixture(scope="module")
 def bundled(cache_dir) -> dict[str, str]:
     """The bundled SFT data, DPO pairs and tokenizer, generated once for every run here."""
-    from data.bundled import ensure_default_assets
+    from ie_engine.data.bundled import ensure_default_assets
 
     return ensure_default_assets(cache_dir)
 

@@ -26,7 +26,7 @@ def test_default_sft_runs_end_to_end(sft_run):
     final = sft_run / "final"
     assert (final / "model.safetensors").exists() and (final / "tokenizer.model").exists()
     assert (sft_run / "loss.png").stat().st_size > 0
-    from engine.hf_checkpoint import load_hf
+    from ie_engine.engine.model.hf_checkpoint import load_hf
     assert load_hf(final).num_params() > 0
 
 

@@ -29,7 +29,7 @@ def test_bad_config_prints_the_key_and_exits_2(tmp_path, recipe, arg, key):
 
 
 def test_bad_record_prints_file_and_line_and_exits_2(tmp_path, cache_dir):
-    from data.bundled import ensure_default_assets
+    from ie_engine.data.bundled import ensure_default_assets
     tokenizer = ensure_default_assets(str(cache_dir))["tokenizer"]
     bad = tmp_path / "bad.jsonl"
     good = {"dataset": "x", "id": 1, "messages": [{"role": "user", "content": "hi"},

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data.scoring import format_markdown, score_file, score_files, score_records, task_for
-from data.scoring.predictions import RecordError, read_predictions
+from ie_engine.data.scoring import format_markdown, score_file, score_files, score_records, task_for
+from ie_engine.data.scoring.predictions import RecordError, read_predictions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_score_files_names_and_markdown(tmp_path, record):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "data.scoring", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "ie_engine.data.scoring", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -1,5 +1,5 @@
 """RichERE ED / EAE scorers: ADELIE's item rules by hand (no RichERE sample file is public: LDC)."""
-from data.scoring import event, score_records
+from ie_engine.data.scoring import event, score_records
 
 
 def counts(m, suffix=""):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from data.scoring import score_records, task_for
+from ie_engine.data.scoring import score_records, task_for
 
 
 def rec(dataset, gold, output):
@@ -38,7 +38,7 @@ def test_only_the_first_answer_counts():
 
 
 def test_bundled_heldout_gold_scores_one_and_perturbed_less(tmp_path):
-    from data.bundled import ensure_default_assets
+    from ie_engine.data.bundled import ensure_default_assets
     path = ensure_default_assets(tmp_path)["heldout"]
     records = [json.loads(line) for line in open(path)]
     for r in records:
@@ -54,7 +54,7 @@ def test_bundled_heldout_gold_scores_one_and_perturbed_less(tmp_path):
 
 
 def test_a_file_mixing_datasets_gets_a_row_per_dataset(tmp_path):
-    from data.scoring import score_files
+    from ie_engine.data.scoring import score_files
     path = tmp_path / "heldout.jsonl"
     rows = [rec("bundled-ner", "[Answer]: Ada: person;", "[Answer]: Ada: person;"),
             rec("bundled-re", "[Answer]: (Ada; work for; Globex)", "[Answer]: (Ada; born in; Globex)")]

@@ -1,7 +1,7 @@
 """Few-NERD scorer: ADELIE's rules on hand-worked answers, then on the sample files."""
 import pytest
 
-from data.scoring import ner
+from ie_engine.data.scoring import ner
 
 
 def test_answer_text_takes_first_marker_segment_case_sensitively():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data.scoring import ondemand
+from ie_engine.data.scoring import ondemand
 
 GOLD = "[Answer]: | Drug | Side Effects | Suggestions |\n| --- | --- | --- |\n| a | dizziness | None |"
 

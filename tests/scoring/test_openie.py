@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from data.scoring import openie, score_records
+from ie_engine.data.scoring import openie, score_records
 
 OBAMA = ["born in", "Obama", "Hawaii"]
 

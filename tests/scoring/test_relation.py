@@ -1,8 +1,8 @@
 """SemEval scorer: ADELIE's counting rules on hand-worked answers, then on the sample files."""
 import pytest
 
-from data.scoring import relation
-from data.scoring.predictions import RecordError
+from ie_engine.data.scoring import relation
+from ie_engine.data.scoring.predictions import RecordError
 
 
 def counts(m):

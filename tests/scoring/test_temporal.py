@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from data.scoring import temporal
-from data.scoring.predictions import RecordError
+from ie_engine.data.scoring import temporal
+from ie_engine.data.scoring.predictions import RecordError
 
 
 @pytest.mark.parametrize("output, labels", [

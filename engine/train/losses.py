@@ -23,25 +23,13 @@ totals over the step and divides by the step's count; the loop logs them under t
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-import kernels
-from engine.batching import model_inputs
-
-if TYPE_CHECKING:
-    from engine.run_config import DPOSection
-
-# loss type -> (kernel loss, per-token averages?, reference-free?)
-PREFERENCE_LOSSES = {
-    "sigmoid": ("sigmoid", False, False),
-    "robust": ("robust", False, False),
-    "hinge": ("hinge", False, False),
-    "ipo": ("ipo", True, False),
-    "dpo_norm": ("sigmoid", True, False),
-    "simpo": ("sigmoid", True, True),
-}
+from ie_engine.engine.run_config import PREFERENCE_LOSSES, DPOSection
+from ie_engine.engine.train.batching import model_inputs
+from ie_engine.kernels.cross_entropy import fused_linear_cross_entropy
+from ie_engine.kernels.dpo_loss import dpo_loss
+from ie_engine.kernels.fused_linear_logprob import fused_linear_logprob, sequence_logps
 
 
 def sft_loss(model, batch: dict, num_valid_tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -49,7 +37,7 @@ def sft_loss(model, batch: dict, num_valid_tokens: torch.Tensor) -> tuple[torch.
     labels = batch["labels"].flatten()
 
     def head(hidden, weight):  # (N, dim), (V, dim)
-        return kernels.fused_linear_cross_entropy(hidden, weight, labels, num_valid_tokens=num_valid_tokens)
+        return fused_linear_cross_entropy(hidden, weight, labels, num_valid_tokens=num_valid_tokens)
 
     loss = model(batch["input_ids"], head_fn=head, **model_inputs(batch))
     return loss, {}
@@ -60,7 +48,7 @@ def score_documents(model, batch: dict) -> torch.Tensor:
     labels, doc_ids = batch["labels"].flatten(), batch["doc_ids"].flatten()
 
     def head(hidden, weight):
-        return kernels.sequence_logps(kernels.fused_linear_logprob(hidden, weight, labels), doc_ids,
+        return sequence_logps(fused_linear_logprob(hidden, weight, labels), doc_ids,
                                       batch["num_docs"])
 
     return model(batch["input_ids"], head_fn=head, **model_inputs(batch))
@@ -87,7 +75,7 @@ def preference_loss(model, batch: dict, num_pairs: torch.Tensor, dpo: DPOSection
     else:
         ref = batch["ref_logps"].to(logps.device, torch.float32)
         ref = ref / counts if average else ref
-    losses, chosen, rejected = kernels.dpo_loss(policy[0::2], policy[1::2], ref[0::2], ref[1::2], beta=dpo.beta,
+    losses, chosen, rejected = dpo_loss(policy[0::2], policy[1::2], ref[0::2], ref[1::2], beta=dpo.beta,
                                                 loss_type=kernel_loss, label_smoothing=dpo.label_smoothing)
     if reference_free:
         chosen = chosen + dpo.simpo_gamma  # report SimPO's implicit reward beta * avg_c, without the margin

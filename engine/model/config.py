@@ -60,7 +60,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     """The output head is the token embedding matrix, one parameter (Llama-3.2-1B/3B, Qwen2.5 <= 3B)."""
     attn_backend: str = "auto"
-    """Attention backend (engine/attention.py): auto, flash, flex or sdpa; resolved on the first forward."""
+    """Attention backend (engine/model/attention.py): auto, flash, flex or sdpa; resolved on the first forward."""
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):  # from a saved config (dataclasses.asdict)

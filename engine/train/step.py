@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.parallel import all_reduce_sum, set_grad_sync
+from ie_engine.engine.parallel import all_reduce_sum, set_grad_sync
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list[dict], loss_fn, count_fn,

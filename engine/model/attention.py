@@ -6,7 +6,7 @@ earlier tokens of its own document, so packed documents never see each other.
 Backends (same result as running each document alone):
 - "flash": flash-attn's varlen kernel on CUDA when flash-attn is installed (the `flash` extra)
   and compute is 16-bit (it rejects fp32): tokens are flattened and cu_seqlens mark the
-  documents, so no mask is materialised; cu_seqlens come from the host batch (engine/batching.py).
+  documents, so no mask is materialised; cu_seqlens come from the host batch (engine/train/batching.py).
 - "flex":  FlexAttention with a document block mask on CUDA without flash-attn: blocks that
   cross documents are skipped, so cost follows the real document lengths. The BlockMask is
   built by a compiled create_block_mask.
@@ -15,7 +15,7 @@ Backends (same result as running each document alone):
 Whatever the backend, the mask is built once per forward (build_doc_mask) and handed to every
 layer, so neither layers nor activation-checkpoint recomputes rebuild it.
 
-Generation (engine/generate.py) keeps every layer's keys and values in a preallocated KVCache.
+Generation (engine/generate/generator.py) keeps every layer's keys and values in a preallocated KVCache.
 A prefill (prompts from slot 0, right-padded) attends causally with the backend above and keeps
 its keys/values; a decode step writes each row's new token at that row's own position and
 attends over the row's slots up to it ("cache" mask), so rows of different lengths share a batch

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine import parallel
-from engine.config import ConfigError
-from engine.hf_checkpoint import config_from_hf
-from engine.model_config import ModelConfig
+from ie_engine.engine import parallel
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.model.config import ModelConfig
+from ie_engine.engine.model.hf_checkpoint import config_from_hf
 
 BUNDLED = {"bundled": "heldout", "bundled-prompts": "prompts"}
 
@@ -31,7 +31,7 @@ def checkpoint_config(checkpoint: str) -> ModelConfig:
 
 def bundled_assets(cache_dir: str, world: parallel.World) -> dict[str, str]:
     """data/bundled.py's files (rank 0 writes them once; every rank gets the paths)."""
-    from data.bundled import ensure_default_assets
+    from ie_engine.data.bundled import ensure_default_assets
     if world.rank == 0:
         ensure_default_assets(cache_dir)
     parallel.barrier()
@@ -50,7 +50,7 @@ def prompt_tokenizer(tokenizer: str, checkpoint: str, cache_dir: str, world: par
     """data.tokenizer, else the checkpoint's (tokenizer.model, else tokenizer.json), else the
     bundled one, checked against the model's vocabulary: a sentencepiece model has exactly the
     model's ids; a tokenizer.json may have fewer (Qwen2.5 pads its embedding past its ids)."""
-    from data.tokenizer import Tokenizer, find_tokenizer
+    from ie_engine.data.tokenizer import Tokenizer, find_tokenizer
 
     path = tokenizer
     if not path:
@@ -73,6 +73,7 @@ def generation_model(backend: str, checkpoint: str, world: parallel.World, pcfg,
     if backend == "vllm":
         return checkpoint
     import torch
-    from engine.generate import build_generation_model
+
+    from ie_engine.engine.generate.generator import build_generation_model
     bf16 = parallel.resolve_precision(pcfg, world.device) != "fp32"
     return build_generation_model(checkpoint, world.device, torch.bfloat16 if bf16 else torch.float32, attn_backend)

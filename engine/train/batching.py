@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.attention import cu_seqlens_from_doc_ids
+from ie_engine.engine.model.attention import cu_seqlens_from_doc_ids
 
 
 def to_device(batch: dict, device: torch.device, with_cu_seqlens: bool = False) -> dict:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from engine import parallel
-from engine.config import ConfigError
-from engine.hf_checkpoint import config_from_hf, load_hf
-from engine.model import Transformer, build_model
-from engine.model_config import ModelConfig, build_model_config
-from engine.run_config import RunConfig
+from ie_engine.engine import parallel
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.model.config import ModelConfig, build_model_config
+from ie_engine.engine.model.hf_checkpoint import config_from_hf, load_hf
+from ie_engine.engine.model.transformer import Transformer, build_model
+from ie_engine.engine.run_config import RunConfig
 
 
 def model_config(cfg: RunConfig, vocab_size: int) -> ModelConfig:

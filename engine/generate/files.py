@@ -36,9 +36,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from engine import parallel
-from engine.config import ConfigError
-from engine.generate import Completion, Request, generate
+from ie_engine.engine import parallel
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.generate.generator import Completion, Request, generate
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Prompt:
 def _iter_records(path: str | Path, max_records: int = 0) -> Iterator[tuple[str, dict, dict, str]]:
     """(where, raw record, checked record, unique id) of a file, at most max_records (0 = all).
     A bad record raises ConfigError("FILE:LINE: field: problem")."""
-    from data.formats import _records, read_sft
+    from ie_engine.data.formats import _records, read_sft
 
     seen: dict[str, int] = {}
     try:
@@ -80,7 +80,7 @@ def prompt_messages(messages: list[dict], where: str) -> list[dict]:
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Prompt ids: the chat template of `messages` + the assistant header (see module docstring)."""
-    from data.template import encode_conversation
+    from ie_engine.data.template import encode_conversation
     ids, _ = encode_conversation(tokenizer, list(messages) + [{"role": "assistant", "content": ""}])
     assert ids[-1] == tokenizer.eos_id, "an empty answer renders as header + EOS"
     return ids[:-1].tolist()
@@ -150,7 +150,7 @@ def generate_files(settings, model, tokenizer, files: list[str | Path], out_dir:
 
     settings: a GenerateSection (engine/run_config.py).
     model: the engine backend's Transformer, a plain module on this rank's device (each rank
-      holds a full copy; see engine.generate.build_generation_model); for settings.backend
+      holds a full copy; see ie_engine.engine.generate.generator.build_generation_model); for settings.backend
       "vllm", the Hugging Face directory to serve (str or Path).
     tokenizer: data.tokenizer.Tokenizer (template, EOS, decoding).
     prompts: read_prompts(files, tokenizer, max_records) when the caller already has them
@@ -168,7 +168,7 @@ def generate_files(settings, model, tokenizer, files: list[str | Path], out_dir:
     work = sorted((w for w in work if w[1]), key=lambda w: -len(w[0].ids))[world.rank::world.world_size]
     requests = [Request(p.ids, samples, (p.dataset, p.id), tag=p) for p, samples in work]
     if settings.backend == "vllm":
-        from engine.vllm_backend import generate_vllm
+        from ie_engine.engine.generate.vllm_backend import generate_vllm
         batches = generate_vllm(model, requests, settings, tokenizer, seed=seed)
     else:
         batches = generate(model, requests, settings, tokenizer, seed=seed)

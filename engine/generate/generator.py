@@ -3,8 +3,8 @@
     for completions in generate(model, requests, settings, tokenizer, seed=0):
         ...  # a list of finished samples each time the host checks in
 
-How one rank runs (engine/generate_files.py wraps this in files, shards and resumable outputs):
-- The cache (engine/attention.py KVCache) has R rows = settings.batch_size x n (fewer when
+How one rank runs (engine/generate/files.py wraps this in files, shards and resumable outputs):
+- The cache (engine/model/attention.py KVCache) has R rows = settings.batch_size x n (fewer when
   memory is short, never more than there are samples) and S slots = the longest prompt +
   max_new_tokens (at most the model's max_seq_len), allocated once, GQA-sized, in the model's
   dtype. Requests are taken longest prompt first, so similar lengths decode together.
@@ -15,7 +15,7 @@ How one rank runs (engine/generate_files.py wraps this in files, shards and resu
   copied into each of its samples' rows (n samples share one prefill) and each row's first
   token is sampled from the prompt's logits.
 - Decode: every row advances one token per step at its own position. A step is device work
-  only (no host sync): sample (engine/sampling.py), record the token in a ring buffer, update
+  only (no host sync): sample (engine/generate/sampling.py), record the token in a ring buffer, update
   the done flags (EOS, or the row's budget: max_new_tokens, or the slots left). Every
   `check_every` steps the host reads the ring and the flags (one small copy): it extends each
   sample, looks for stop strings, yields the finished samples, and refills their rows with
@@ -30,7 +30,7 @@ How one rank runs (engine/generate_files.py wraps this in files, shards and resu
   runs the same step eagerly. `Generator` keeps the cache and the graphs for reuse.
 
 Reproducibility: a sample's noise depends only on (seed, dataset, prompt id, sample index) and
-the token's index in the sample (engine/sampling.py), so batch size, order, admission time and
+the token's index in the sample (engine/generate/sampling.py), so batch size, order, admission time and
 rank count do not change it; bitwise equality then needs batch-invariant logits, which fp32 on
 CPU gives (tests/generate) and which a GPU's bf16 GEMMs may not (a near-tie can flip).
 """
@@ -44,9 +44,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.attention import KVCache
-from engine.model import Transformer
-from engine.sampling import sample_key, sample_next
+from ie_engine.engine.generate.cuda_graphs import GraphSteps, graph_rows
+from ie_engine.engine.generate.sampling import sample_key, sample_next
+from ie_engine.engine.model.attention import KVCache
+from ie_engine.engine.model.transformer import Transformer
 
 KV_BLOCK = 256  # CUDA graphs: attended slots are rounded up to a multiple of this
 SEGMENT_ROWS = 4  # eager decode: rows attend in groups of at least this many, each to its own kv_len
@@ -98,7 +99,7 @@ class _Rows:
 def build_generation_model(checkpoint: str, device: torch.device, dtype: torch.dtype,
                            attn_backend: str = "auto") -> Transformer:
     """A Hugging Face Llama directory as a plain (unsharded) model in eval mode, no gradients."""
-    from engine.hf_checkpoint import load_hf
+    from ie_engine.engine.model.hf_checkpoint import load_hf
     model = load_hf(checkpoint, dtype=dtype, device=device)
     model.cfg = dataclasses.replace(model.cfg, attn_backend=attn_backend)
     return model.eval().requires_grad_(False)
@@ -178,7 +179,7 @@ class Generator:
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.pos_bound = np.zeros(rows, dtype=np.int64)
         self.span = rows  # decode steps run on rows [0, span)
-        self.graphs = _GraphSteps(self._step, self.st, settings.compile) if graphs else None
+        self.graphs = GraphSteps(self._step, self.st, settings.compile) if graphs else None
         self.stop_margin = 4 * max((len(s) for s in settings.stop), default=0) + 2
 
     # ------------------------------------------------------------------ the decode step
@@ -264,7 +265,7 @@ class Generator:
             self._prefill(group, free[:n_rows])
             free = free[n_rows:]
         used = max((r + 1 for r in range(self.R) if self.owner[r] is not None), default=1)
-        self.span = used if self.graphs is None else _ladder(used, self.R)
+        self.span = used if self.graphs is None else graph_rows(used, self.R)
 
     def _prefill(self, group: list[Request], dst: list[int]) -> None:
         P, T, dev = len(group), len(group[0].ids), self.device
@@ -303,7 +304,7 @@ class Generator:
     def _compact(self) -> None:
         """Move the busy rows to the front; later steps run on fewer rows."""
         busy = [r for r in range(self.span) if self.owner[r] is not None]
-        new_span = len(busy) if self.graphs is None else _ladder(len(busy), self.R)
+        new_span = len(busy) if self.graphs is None else graph_rows(len(busy), self.R)
         if new_span >= self.span:
             return
         src = torch.tensor(busy, device=self.device)
@@ -372,52 +373,3 @@ def finish_sample(tokens: list[int], tokenizer, eos_id: int, stop: list[str],
             lo, hi = (lo, mid) if any(s in part for s in stop) else (mid + 1, hi)
         tokens, text, reason = body[:lo], text[:cut], "stop"
     return tokens, text, reason
-
-
-def _ladder(rows: int, cap: int) -> int:
-    """CUDA graph batch sizes: powers of two, and the full cache."""
-    size = 1
-    while size < rows:
-        size *= 2
-    return min(size, cap)
-
-
-class _GraphSteps:
-    """The decode step as CUDA graphs, one per (rows, attended slots), captured on first use.
-
-    Capture needs a warm-up run (lazy initialisation, Triton autotuning, compilation): it runs
-    on a side stream and the row state is restored afterwards. The cache needs no restoring:
-    the warm-up writes the same keys/values at the same slots that the real steps will write
-    before anything reads them. All graphs share one memory pool."""
-
-    def __init__(self, step, st: _Rows, compile: bool):
-        if compile:
-            import torch._dynamo
-            for name in ("recompile_limit", "cache_size_limit"):  # one compile per graph key
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
-            step = torch.compile(step, dynamic=False)
-        self.step, self.st = step, st
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self.pool = torch.cuda.graph_pool_handle()
-
-    def run(self, rows: int, kv_len: int) -> None:
-        graph = self.graphs.get((rows, kv_len))
-        if graph is None:
-            graph = self.graphs[(rows, kv_len)] = self._capture(rows, kv_len)
-        graph.replay()
-
-    def _capture(self, rows: int, kv_len: int) -> torch.cuda.CUDAGraph:
-        saved = [t.clone() for t in self.st.tensors()]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.step(rows, kv_len)
-        torch.cuda.current_stream().wait_stream(side)
-        for t, s in zip(self.st.tensors(), saved):
-            t.copy_(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.step(rows, kv_len)
-        return graph

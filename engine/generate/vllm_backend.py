@@ -9,7 +9,7 @@ What carries over from the engine backend, so the output files have the same mea
   resumed run redoes exactly the missing samples; vLLM's prefix caching shares the prompt's
   prefill among a prompt's samples;
 - texts are decoded by our tokenizer and cut at the first stop string the same way
-  (engine.generate.finish_sample); finish_reason and the token count are vLLM's.
+  (ie_engine.engine.generate.generator.finish_sample); finish_reason and the token count are vLLM's.
 The random streams differ from the engine backend's (vLLM draws its own noise), so the two
 backends agree in distribution, and token for token only when greedy.
 
@@ -23,9 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from engine.config import ConfigError
-from engine.generate import Completion, Request, finish_sample
-from engine.sampling import sample_key
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.generate.generator import Completion, Request, finish_sample
+from ie_engine.engine.generate.sampling import sample_key
 
 CHUNK = 4096  # requests per llm.generate call: finished samples are written after each
 
@@ -62,7 +62,7 @@ def llm_kwargs(checkpoint: str | Path, settings, dtype: str, seed: int) -> dict:
 
 def generate_vllm(checkpoint: str | Path, requests: list[Request], settings, tokenizer, *, seed: int = 0,
                   dtype: str = "bfloat16") -> Iterator[list[Completion]]:
-    """engine.generate.generate's contract, through vLLM on the checkpoint directory (bf16:
+    """ie_engine.engine.generate.generator.generate's contract, through vLLM on the checkpoint directory (bf16:
     vLLM's "auto" would run an fp32 export, as SFT writes it, in fp16)."""
     vllm = import_vllm()
     if not Path(checkpoint, "config.json").is_file():

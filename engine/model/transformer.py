@@ -1,20 +1,20 @@
 """LLaMA in plain PyTorch: embed, a loop of blocks, norm, head.
 
-One model for ADELIE's three bases (engine/model_config.py): Llama-2, Llama-3.x (GQA, scaled
+One model for ADELIE's three bases (engine/model/config.py): Llama-2, Llama-3.x (GQA, scaled
 RoPE, tied head for the small ones) and Qwen2.5 (q/k/v biases, tied head). A tied head is the
 embedding's own Parameter object, so FSDP2 shards it once and fused losses get it as
 `self.output.weight`.
 
 Meta's module names (tok_embeddings, layers.N.attention.wq, feed_forward.w1/w2/w3, ...), so
-Meta checkpoints map one to one and engine/hf_checkpoint.py maps Hugging Face names onto them.
+Meta checkpoints map one to one and engine/model/hf_checkpoint.py maps Hugging Face names onto them.
 Rotary embeddings use Meta's interleaved-pair convention; the Hugging Face q/k layout differs by a
 permutation that hf_checkpoint.py applies on import and export.
 
 The model knows nothing of distribution or devices: build it under `torch.device("meta")`,
 let engine/parallel.py wrap it, then materialise with `to_empty()` + `init_weights()` (or load).
 RMSNorm, RoPE and SwiGLU go through kernels/, which runs Triton on CUDA and the PyTorch
-reference on CPU. Generation passes a KVCache (engine/attention.py) to forward; the sampling
-loop itself lives in engine/generate.py.
+reference on CPU. Generation passes a KVCache (engine/model/attention.py) to forward; the sampling
+loop itself lives in engine/generate/generator.py.
 """
 from __future__ import annotations
 
@@ -23,10 +23,19 @@ import math
 import torch
 import torch.nn as nn
 
-import kernels
-from engine.attention import (DocMask, KVCache, attention, build_cache_mask, build_doc_mask,
-                              cached_attention, select_backend)
-from engine.model_config import ModelConfig, RopeScaling
+from ie_engine.engine.model.attention import (
+    DocMask,
+    KVCache,
+    attention,
+    build_cache_mask,
+    build_doc_mask,
+    cached_attention,
+    select_backend,
+)
+from ie_engine.engine.model.config import ModelConfig, RopeScaling
+from ie_engine.kernels.rms_norm import rms_norm
+from ie_engine.kernels.rope import apply_rope
+from ie_engine.kernels.swiglu import swiglu
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float, device=None, scaling: RopeScaling | None = None):
@@ -52,7 +61,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim))
 
     def forward(self, x):
-        return kernels.rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -69,7 +78,7 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = kernels.apply_rope(q, k, *rope, positions)  # fp32 tables, q/k in compute dtype
+        q, k = apply_rope(q, k, *rope, positions)  # fp32 tables, q/k in compute dtype
         if kv is None:
             out = attention(q, k, v, mask)  # (B, T, n_heads, head_dim)
         else:  # generation: this layer's (k_cache, v_cache)
@@ -85,7 +94,7 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
 
     def forward(self, x):
-        return self.w2(kernels.swiglu(self.w1(x), self.w3(x)))
+        return self.w2(swiglu(self.w1(x), self.w3(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -123,7 +132,7 @@ class Transformer(nn.Module):
                 cache: KVCache | None = None):
         """input_ids (B, T); positions (B, T) restarting at 0 per document; doc_ids (B, T) with
         -1 for padding; cu_seqlens/max_seqlen: flash-attn's boundaries when the caller has them
-        (engine/batching.py computes them on the host). Returns logits (B, T, V) fp32, or
+        (engine/train/batching.py computes them on the host). Returns logits (B, T, V) fp32, or
         head_fn(hidden (B*T, dim), output weight (V, dim)) when head_fn is given: fused losses
         that never form logits run here, inside forward, so a sharded (FSDP) head weight is
         gathered for them and its gradient reduced.

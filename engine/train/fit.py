@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import log, parallel, train_checkpoint
-from engine.batching import to_device
-from engine.config import ConfigError, format_config
-from engine.hf_checkpoint import save_hf
-from engine.optim import build_optimizer, build_scheduler
-from engine.run_config import RunConfig
-from engine.train_step import train_step
+from ie_engine.engine import log, parallel
+from ie_engine.engine.config import ConfigError, format_config
+from ie_engine.engine.model.hf_checkpoint import save_hf
+from ie_engine.engine.run_config import RunConfig
+from ie_engine.engine.train import checkpoint as train_checkpoint
+from ie_engine.engine.train.batching import to_device
+from ie_engine.engine.train.optim import build_optimizer, build_scheduler
+from ie_engine.engine.train.step import train_step
 
 
 @dataclass
@@ -54,7 +55,7 @@ class TrainingRun:
 
 def setup_training(cfg: RunConfig, world: parallel.World, model, cache) -> TrainingRun:
     """Sampler, optimizer and schedule; then the newest checkpoint's state when resuming."""
-    from data.sampler import RowSampler
+    from ie_engine.data.sampler import RowSampler
 
     accum = cfg.accumulation_steps(world.world_size)
     sampler = RowSampler(cache.row_tokens, cfg.data.rows_per_micro_batch, world.world_size, world.rank, cfg.seed, accum)
@@ -79,7 +80,7 @@ def setup_training(cfg: RunConfig, world: parallel.World, model, cache) -> Train
 
 
 def train(run: TrainingRun, loss_fn, count_fn, prepare_batch=None, eval_fn=None) -> dict:
-    """Steps start+1..total. loss_fn/count_fn as in engine.train_step.train_step; prepare_batch(batch)
+    """Steps start+1..total. loss_fn/count_fn as in ie_engine.engine.train.step.train_step; prepare_batch(batch)
     adds what a recipe needs (DPO: reference log-probs); eval_fn() -> held-out metrics, run every
     cfg.eval_every steps and after the last. Returns the last step's metrics."""
     cfg, world, model = run.cfg, run.world, run.model
@@ -166,7 +167,7 @@ def finish(run: TrainingRun, tokenizer_path: str | None = None) -> Path:
         (final / "train_config.yaml").write_text(format_config(run.cfg) + "\n")
         print(f"saved {final}", flush=True)
     if run.cfg.eval.files:  # generate answers to the test files with the export and score them
-        from engine.evaluation import evaluate_checkpoint
+        from ie_engine.engine.generate.evaluation import evaluate_checkpoint
         run.optimizer = run.scheduler = None  # the optimizer state is not needed any more
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine import parallel
-from engine.generate_files import generate_files, read_prompts
-from engine.generation_setup import checkpoint_config, generation_model, prompt_tokenizer, resolve_files
+from ie_engine.engine import parallel
+from ie_engine.engine.generate.files import generate_files, read_prompts
+from ie_engine.engine.generate.setup import checkpoint_config, generation_model, prompt_tokenizer, resolve_files
 
 
 def scoring_options(section) -> dict:
@@ -25,8 +25,8 @@ def scoring_options(section) -> dict:
 
 def write_metrics(metrics: dict, out_dir: Path) -> str:
     """metrics.json and metrics.md in out_dir; returns the markdown table."""
-    from data.files import write_atomic
-    from data.scoring import format_markdown
+    from ie_engine.data.files import write_atomic
+    from ie_engine.data.scoring import format_markdown
     table = format_markdown(metrics)
     write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_atomic(out_dir / "metrics.md", table)
@@ -38,7 +38,7 @@ def evaluate_checkpoint(checkpoint: str, section, out_dir: str | Path, world: pa
     """Generate (section.generate settings) answers of `checkpoint` to section.files and score
     them; every rank calls it (each holds a full model copy and a share of the prompts). Returns
     {file name: metrics} on every rank."""
-    from data.scoring import score_files
+    from ie_engine.data.scoring import score_files
 
     out_dir = Path(out_dir)
     model_cfg = checkpoint_config(checkpoint)

@@ -2,7 +2,7 @@
 
 The AdamW kernel: fused (one kernel over every parameter, on CUDA and on CPU) by default; it
 works on FSDP2's DTensor shards. Measured on the 2-core CPU, FSDP2 1-process, fp32
-(`python -m bench.bench_optimizer`): debug 4.6 ms fused vs 14.9 ms for_loop vs 17.6 ms foreach;
+(`python -m ie_engine.bench.bench_optimizer`): debug 4.6 ms fused vs 14.9 ms for_loop vs 17.6 ms foreach;
 llama2-100m 62 ms vs 468 ms vs 414 ms. Each is elementwise per parameter shard, so 1 and N ranks
 agree to rounding (tests/engine/test_parallel.py states the tolerance); `optim.implementation=
 for_loop` is the one-tensor-at-a-time reference the first version used.
@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from engine.run_config import OptimConfig
+from ie_engine.engine.run_config import OptimConfig
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:

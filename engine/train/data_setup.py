@@ -6,22 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import parallel
-from engine.config import ConfigError
-from engine.run_config import RunConfig
+from ie_engine.engine import parallel
+from ie_engine.engine.config import ConfigError
+from ie_engine.engine.run_config import RunConfig
 
 
 def prepare_data(cfg: RunConfig, world: parallel.World, kind: str, heldout: bool = False):
     """-> (TokenCache, tokenizer path). kind: "sft" or "dpo". heldout: the cache of
     data.eval_files (None when there are none) instead of data.train_files."""
-    from data.cache import TokenCache
-    from data.prepare import prepare
+    from ie_engine.data.cache import TokenCache
+    from ie_engine.data.prepare import prepare
 
     files, tokenizer = list(cfg.data.eval_files if heldout else cfg.data.train_files), cfg.data.tokenizer
     if heldout and not files:
         return None, tokenizer
     if not tokenizer and cfg.model.checkpoint:  # its tokenizer.model, else its tokenizer.json
-        from data.tokenizer import TOKENIZER_FILES, find_tokenizer
+        from ie_engine.data.tokenizer import TOKENIZER_FILES, find_tokenizer
         try:
             tokenizer = find_tokenizer(cfg.model.checkpoint)
         except FileNotFoundError:
@@ -30,7 +30,7 @@ def prepare_data(cfg: RunConfig, world: parallel.World, kind: str, heldout: bool
     out = Path(cfg.data.cache_dir) / f"{kind}-seq{cfg.data.seq_len}{'-heldout-' + _files_key(files) if heldout else ''}"
     if world.rank == 0:
         if not files or not tokenizer or files == ["bundled"]:
-            from data.bundled import ensure_default_assets
+            from ie_engine.data.bundled import ensure_default_assets
             assets = ensure_default_assets(cfg.data.cache_dir)
             if files == ["bundled"]:  # the bundled held-out set of this kind
                 files = [assets["heldout" if kind == "sft" else "heldout_dpo"]]

@@ -1,5 +1,5 @@
 """Hugging Face import/export for the three families (safetensors only, never pickle): Llama
-(Llama-2, Llama-3.x) and Qwen2 (Qwen2.5); resumable training state is engine/train_checkpoint.py.
+(Llama-2, Llama-3.x) and Qwen2 (Qwen2.5); resumable training state is engine/train/checkpoint.py.
 
 HF <-> Meta names map one to one, except that HF stores wq/wk (and Qwen's q/k biases) with each
 head's rows permuted so its rotate-half RoPE matches Meta's interleaved pairs. Import undoes that
@@ -25,9 +25,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from engine.model_config import ModelConfig, RopeScaling
-from engine.model import Transformer, build_model
-from engine.parallel import is_rank0
+from ie_engine.engine.model.config import ModelConfig, RopeScaling
+from ie_engine.engine.model.transformer import Transformer, build_model
+from ie_engine.engine.parallel import is_rank0
 
 _LAYER = {  # HF name inside model.layers.N -> ours inside layers.N
     "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
@@ -243,7 +243,7 @@ def save_hf(model: Transformer, path: str | Path, tokenizer_path: str | Path | N
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     bos, eos, pad = 1, 2, 0  # Llama-2's sentencepiece ids (a tokenizer.model is copied as is)
     if tokenizer_path is not None:
-        from data.tokenizer import Tokenizer, find_tokenizer
+        from ie_engine.data.tokenizer import Tokenizer, find_tokenizer
         tokenizer_path = find_tokenizer(tokenizer_path)  # a directory: its tokenizer file
         if tokenizer_path.endswith(".json"):
             tok = Tokenizer(tokenizer_path)

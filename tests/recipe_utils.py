@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 # Small, fast settings shared by every recipe test: the debug model on short rows.
 FAST = ["data.seq_len=256", "data.rows_per_micro_batch=2", "global_batch_rows=4",
@@ -27,7 +27,7 @@ def torchrun_cmd(recipe: str, nproc: int, args: list[str], extra: list[str] | No
 def child_env(gpu: bool = False) -> dict:
     """The environment of a launched recipe: CPU (gloo, CUDA hidden) unless gpu, so the CPU tests
     of the distributed path run the same on a GPU host."""
-    env = {**os.environ, "ENGINE_NO_BAR": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "ENGINE_NO_BAR": "1", "OMP_NUM_THREADS": "1"}
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env

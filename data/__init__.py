@@ -1,1 +1,0 @@
-"""Data pipeline: formats, chat template, tokenizer, token cache, packing and sampling."""

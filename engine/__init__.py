@@ -1,1 +1,0 @@
-"""The engine: model, configuration, parallelism, checkpoints and the train step."""

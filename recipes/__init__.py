@@ -1,1 +1,0 @@
-"""Training recipes: sft.py then dpo.py, each one readable main()."""
