@@ -26,6 +26,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="module")
+def world1():
+    """The 1-process gloo group a plain `python recipe.py` gets (the CPU path, on any host)."""
+    from ie_engine.engine.parallel import destroy_distributed, init_distributed
+    assert "WORLD_SIZE" not in os.environ
+    world = init_distributed(timeout_s=60, device_type="cpu")
+    yield world
+    destroy_distributed()
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """For tests of tiny models: one intra-op thread is fastest, and on a shared 2-core machine
     a second OpenMP thread spinning at barriers makes each step ~100x slower."""

@@ -118,7 +118,7 @@ PRESETS: dict[str, ModelConfig] = {
     "llama2-13b": ModelConfig(dim=5120, n_layers=40, n_heads=40),
     "llama2-70b": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
                               ffn_dim_multiplier=1.3),
-    # ADELIE's other bases, from their Hugging Face config.json (tests/engine/test_families.py
+    # ADELIE's other bases, from their Hugging Face config.json (tests/model/test_families.py
     # checks the parameter counts against transformers' own model of the published config).
     "llama3.2-1b": ModelConfig(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256,
                                ffn_dim_multiplier=1.5, rope_theta=500000.0, max_seq_len=131072,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ie_engine.engine.model.config import ModelConfig
 from ie_engine.engine.model.transformer import build_model
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 IGNORE = -100
 
 
