@@ -3,11 +3,16 @@
 - the CUDA-graph bookkeeping (static shapes: attended slots rounded up to a block, row counts
   from the ladder, compaction onto fewer rows) gives the eager path's samples, with the graph
   runner replaced by one that runs each step eagerly and checks the shapes it is given;
+- the real graph runner (GraphSteps) with CUDA's capture emulated on CPU (warm-up steps run,
+  the captured step is recorded and run at replay): a capture at the ring's last column (a
+  256-slot block crossed there) must not write past the ring (issue 20, finding 7);
 - the flash-attn decode path (flash_attn_with_kvcache reading (B, S, Hk, D) views of the cache,
   each row's own length) equals SDPA, with stand-ins built from SDPA;
 - on a GPU (marked gpu): bf16 generation with CUDA graphs (and compiled) matches eager, and
   cached decode logits match a full forward.
 """
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,6 +67,60 @@ def test_graph_bookkeeping_gives_the_eager_samples(monkeypatch):
     assert collect(g.run(requests(ps, 2))) == want  # reused: same cache, same graphs
     assert got == want
     assert {r for r, _ in seen} >= {6} and min(r for r, _ in seen) < 6  # compaction ran on fewer rows
+
+
+class FakeCapture:
+    """torch.cuda's stream and graph calls as GraphSteps uses them, on CPU: streams do nothing,
+    and a step called under `torch.cuda.graph(...)` is recorded, not run (CUDA capture runs
+    nothing either), then run at each replay."""
+
+    def __init__(self, monkeypatch, graphs):
+        self.capturing, real_step = [], graphs.step
+
+        def step(rows, kv_len):
+            if self.capturing:
+                self.capturing[-1].calls.append((rows, kv_len))
+            else:
+                real_step(rows, kv_len)
+
+        class Graph:
+            def __init__(self):
+                self.calls = []
+
+            def replay(self):
+                for args in self.calls:
+                    real_step(*args)
+
+        class Stream:
+            def wait_stream(self, other):
+                pass
+
+        @contextlib.contextmanager
+        def graph(g, pool=None, **kw):
+            self.capturing.append(g)
+            yield
+            self.capturing.pop()
+
+        graphs.step = step
+        for name, value in (("CUDAGraph", Graph), ("graph", graph), ("Stream", Stream),
+                            ("stream", lambda s: contextlib.nullcontext()), ("current_stream", Stream)):
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+def test_graph_capture_at_the_rings_last_column(monkeypatch):
+    """201-token prompt, 128 new tokens, check_every 8: the step that first attends 512 slots
+    (position 256 = 55 steps in) is the 8th of its check, ring column 7; capture's two warm-up
+    steps write columns 7 and 8. The samples must equal eager generation's."""
+    model = tiny_model(V, max_seq_len=512)
+    (p,) = prompts([201], seed=6)
+    settings = GenerateSection(temperature=1.0, top_k=20, max_new_tokens=128, batch_size=1, check_every=8)
+    want = collect(generate(model, requests([p], 1), settings, eos_id=-1))
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    g = Generator(model, settings, rows=1, slots=len(p) + 128, eos_id=-1, graphs=True)
+    FakeCapture(monkeypatch, g.graphs)
+    got = collect(g.run(requests([p], 1)))
+    assert got == want
+    assert set(g.graphs.graphs) == {(1, KV_BLOCK), (1, len(p) + 128)}  # one capture per block
 
 
 def sdpa_with_kvcache(q, k_cache, v_cache, cache_seqlens, causal=False):
