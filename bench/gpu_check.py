@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"run just these (a second call: {' '.join(SECOND_CALL)})")
     ap.add_argument("--budget", type=int, default=BUDGET_S, help="seconds for all stages together (GPU)")
     args = ap.parse_args(argv)
+    # A call stopped at its limit (timeout's SIGTERM) must end the running stage too: stages run
+    # in their own sessions, which a lent machine lets run on after the call.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     dry = args.dry_run or not torch.cuda.is_available()
     if dry and not args.dry_run:
         print("[gpu_check] no CUDA device: dry run (tiny shapes on CPU)", flush=True)
