@@ -11,6 +11,7 @@
 - a baseline that could not run is n/a in the verdict, never a miss.
 """
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -44,8 +45,11 @@ def test_plan_fits_the_budget_in_order_of_value(tmp_path):
             <= gpu_check.DEVICE_MINUTES_S)
 
 
-def test_readme_gives_the_device_command_and_its_timeout():
+def test_readme_gives_the_device_command_its_timeout_and_the_plan(tmp_path):
     text = (REPO / "README.md").read_text()
+    table = re.findall(r"^\| (\w+) \| .* \| (\d+) s \| (\d+) s \|$", text, flags=re.M)
+    plan = [(s.name, str(s.expected_s), str(s.timeout_s)) for s in gpu_check.build_stages(tmp_path) if not s.extra]
+    assert table == plan
     assert 'PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out "$OUT"' in text
     assert f"timeout_s {gpu_check.DEVICE_TIMEOUT_S}" in text
     assert f"{100 * MFU_TARGET:.0f}%" in text and "50% MFU" not in text
