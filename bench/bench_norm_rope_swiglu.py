@@ -3,6 +3,7 @@ of the reference, forward / backward / both, time, peak memory and bandwidth.
 
     python -m ie_engine.bench.bench_norm_rope_swiglu            # GPU: LLaMA-7B shapes, bf16
     python -m ie_engine.bench.bench_norm_rope_swiglu --small    # small shapes (the default on CPU)
+    python -m ie_engine.bench.bench_norm_rope_swiglu --modes fwd+bwd   # one pass (bench.gpu_check)
 
 Shapes (GPU): 8192 tokens (4 x 2048), dim 4096, FFN 11008, 32 q and 32 kv heads of 128.
 All three ops are memory-bound, so the figure of merit is GB/s: the minimum bytes each op must
@@ -117,13 +118,14 @@ def mode_fn(case: Case, f: Callable, mode: str) -> Callable:
     return lambda: torch.autograd.grad(_outputs(f(*case.inputs)), case.inputs, case.grads)
 
 
-def bench_case(case: Case, dtype: torch.dtype, on_gpu: bool, copy_gbps: float | None) -> list[dict]:
+def bench_case(case: Case, dtype: torch.dtype, on_gpu: bool, copy_gbps: float | None,
+               modes: tuple[str, ...] = MODES) -> list[dict]:
     # CPU: shared cores are noisy, so take the median of more runs than bench.common's default
     timer, peak = time_gpu, measure_peak_gpu
     if not on_gpu:
         timer, peak = (lambda fn: time_cpu(fn, warmup=3, rep=15)), measure_peak_cpu
     rows = []
-    for mode in MODES:
+    for mode in modes:
         by_impl = {}
         for name, f in case.impls.items():
             fn = mode_fn(case, f, mode)
@@ -147,6 +149,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="small shapes (always on CPU)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="passes to time")
     args = p.parse_args()
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
@@ -156,7 +159,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for case in build_cases(shapes, dtype, device, with_triton=on_gpu):
-        rows += bench_case(case, dtype, on_gpu, copy_gbps)
+        rows += bench_case(case, dtype, on_gpu, copy_gbps, tuple(args.modes))
         if on_gpu:
             torch.cuda.empty_cache()
     if copy_gbps:

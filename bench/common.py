@@ -36,6 +36,12 @@ import torch
 RESULTS_DIR = pathlib.Path(os.environ.get("BENCH_RESULTS_DIR") or pathlib.Path(__file__).parent / "results")
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# The GPU targets, stated once (bench_train_step, gpu_check and the README use these): the
+# recipes' SFT step (FSDP2, bf16 mixed) at >= 45% MFU of the data-sheet bf16 peak on llama2-1b;
+# our DPO step at >= 1.5x TRL's real tokens/s.
+MFU_TARGET = 0.45
+DPO_VS_TRL_TARGET = 1.5
+
 
 # ----------------------------------------------------------------------------- results log
 

@@ -22,8 +22,7 @@ NEW = 32
 def setup():
     torch.set_num_threads(1)
     prompts = bench_generate.bundled_prompts(8, tempfile.mkdtemp())
-    with tempfile.TemporaryDirectory() as work:
-        ours, hf = bench_generate.build_pair(TINY, torch.device("cpu"), torch.float32, work)
+    ours, hf = bench_generate.build_pair(TINY, torch.device("cpu"), torch.float32)
     return prompts, ours, hf
 
 
@@ -31,8 +30,8 @@ def setup():
 def test_bench_generate_greedy(benchmark, impl):
     pytest.importorskip("transformers")
     prompts, ours, hf = setup()
-    fn = {"ours": lambda: bench_generate.run_ours(ours, prompts, NEW),
+    fn = {"ours": lambda: bench_generate.run_ours(ours, prompts, NEW, {}),
           "transformers": lambda: bench_generate.run_hf(hf, prompts, NEW)}[impl]
-    assert bench_generate.run_ours(ours, prompts, NEW) == bench_generate.run_hf(hf, prompts, NEW)
+    assert bench_generate.run_ours(ours, prompts, NEW, {}) == bench_generate.run_hf(hf, prompts, NEW)
     benchmark.group = f"generate greedy 8x{NEW}"
     benchmark(fn)

@@ -6,6 +6,15 @@ from __future__ import annotations
 
 import torch
 
+WARMUP_STEPS = 2  # eager runs of a step before its capture (lazy init, Triton autotuning, compile)
+
+
+def ring_columns(check_every: int) -> int:
+    """Columns of the generator's token ring: one per step between host checks, plus room for
+    the capture's warm-up steps, which run from the current column on (a capture at the last
+    column, check_every - 1, writes up to column check_every - 2 + WARMUP_STEPS)."""
+    return check_every + WARMUP_STEPS - 1
+
 
 def graph_rows(rows: int, cap: int) -> int:
     """CUDA graph batch sizes: powers of two, and the full cache."""
@@ -18,17 +27,21 @@ def graph_rows(rows: int, cap: int) -> int:
 class GraphSteps:
     """The decode step as CUDA graphs, one per (rows, attended slots), captured on first use.
 
-    Capture needs a warm-up run (lazy initialisation, Triton autotuning, compilation): it runs
-    on a side stream and the row state is restored afterwards. The cache needs no restoring:
-    the warm-up writes the same keys/values at the same slots that the real steps will write
-    before anything reads them. All graphs share one memory pool."""
+    Capture needs warm-up runs (lazy initialisation, Triton autotuning, compilation): they run
+    on a side stream and the row state is restored afterwards. They advance the ring column,
+    so the ring has WARMUP_STEPS - 1 spare columns (ring_columns): a capture can come at any
+    column, e.g. the last one when a 256-slot block is crossed there. The cache needs no
+    restoring: the warm-up writes the same keys/values at the same slots that the real steps
+    will write before anything reads them. All graphs share one memory pool."""
 
     def __init__(self, step, st, compile: bool):
         if compile:
-            import torch._dynamo
+            # (not `import torch._dynamo`: that binds `torch` as a local of this function, and
+            # without compile the pool line below then raised UnboundLocalError)
+            from torch._dynamo import config as dynamo_config
             for name in ("recompile_limit", "cache_size_limit"):  # one compile per graph key
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+                if hasattr(dynamo_config, name):
+                    setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
             step = torch.compile(step, dynamic=False)
         self.step, self.st = step, st
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
@@ -45,7 +58,7 @@ class GraphSteps:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
+            for _ in range(WARMUP_STEPS):
                 self.step(rows, kv_len)
         torch.cuda.current_stream().wait_stream(side)
         for t, s in zip(self.st.tensors(), saved):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ie_engine.engine.generate.cuda_graphs import GraphSteps, graph_rows
+from ie_engine.engine.generate.cuda_graphs import GraphSteps, graph_rows, ring_columns
 from ie_engine.engine.generate.sampling import sample_key, sample_next
 from ie_engine.engine.model.attention import KVCache
 from ie_engine.engine.model.transformer import Transformer
@@ -89,7 +89,7 @@ class _Rows:
     budget: torch.Tensor  # (R,) the most tokens this row may generate
     done: torch.Tensor    # (R,) bool
     keys: torch.Tensor    # (R, 2) the samples' noise keys
-    ring: torch.Tensor    # (R, K) tokens of the steps since the last check (-1 once done)
+    ring: torch.Tensor    # (R, K [+ 1 with graphs]) tokens of the steps since the last check (-1 once done)
     col: torch.Tensor     # (1,) the ring's next column
 
     def tensors(self) -> list[torch.Tensor]:
@@ -172,8 +172,9 @@ class Generator:
         self.cache = KVCache.allocate(cfg.n_layers, rows, slots, cfg.n_kv_heads, cfg.head_dim, dtype, device)
         self.R, self.S = rows, slots
         z = lambda *shape: torch.zeros(shape, dtype=torch.int64, device=device)  # noqa: E731
+        ring = ring_columns(self.check_every) if graphs else self.check_every  # capture's warm-up spills over
         self.st = _Rows(z(rows), z(rows), z(rows), z(rows), torch.ones(rows, dtype=torch.bool, device=device),
-                        z(rows, 2), z(rows, self.check_every), z(1))
+                        z(rows, 2), z(rows, ring), z(1))
         # Host bookkeeping per row: who owns it, its tokens so far, an upper bound of its position.
         self.owner: list[tuple[Request, int] | None] = [None] * rows
         self.tokens: list[list[int]] = [[] for _ in range(rows)]

@@ -9,7 +9,9 @@ Backends (same result as running each document alone):
   documents, so no mask is materialised; cu_seqlens come from the host batch (engine/train/batching.py).
 - "flex":  FlexAttention with a document block mask on CUDA without flash-attn: blocks that
   cross documents are skipped, so cost follows the real document lengths. The BlockMask is
-  built by a compiled create_block_mask.
+  built by one compiled create_block_mask (compiled once per process: torch 2.11's
+  `_compile=True` wraps a fresh torch.compile around every call); rows without doc_ids get a
+  causal BlockMask that is built once per (T, device) and reused.
 - "sdpa":  scaled_dot_product_attention with a dense (B, 1, T, T) boolean mask: the CPU path
   (FlexAttention has no backward on CPU), and the fallback anywhere.
 Whatever the backend, the mask is built once per forward (build_doc_mask) and handed to every
@@ -137,6 +139,8 @@ def build_doc_mask(backend: str, doc_ids: torch.Tensor | None, T: int, device: t
             cu_seqlens, max_seqlen = cu_seqlens_from_doc_ids(ids)
         return DocMask(backend, doc_ids, cu_seqlens=cu_seqlens.to(device, non_blocking=True), max_seqlen=max_seqlen)
     if doc_ids is None:
+        if backend == "flex":  # one causal document per row: the same mask for every forward of this T
+            return DocMask(backend, block_mask=_causal_block_mask(T, torch.device(device)))
         return DocMask(backend)
     if backend == "flex":
         return DocMask(backend, doc_ids, block_mask=_flex_block_mask(doc_ids))
@@ -222,16 +226,31 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_block_mask(doc_ids: torch.Tensor):
+@functools.cache
+def _block_mask_builder(cuda: bool):
+    """create_block_mask, compiled once on CUDA (the eager version materialises a (B, T, T) mask
+    to find the blocks; torchtitan's pattern: a new mask_mod closure per batch does not recompile)."""
     from torch.nn.attention.flex_attention import create_block_mask
+    return torch.compile(create_block_mask) if cuda else create_block_mask
 
+
+def _flex_block_mask(doc_ids: torch.Tensor):
     B, T = doc_ids.shape
 
     def doc_causal(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (doc_ids[b, q_idx] == doc_ids[b, kv_idx])
 
-    # Compiled on CUDA: the eager version materialises a (B, T, T) mask to find the blocks.
-    return create_block_mask(doc_causal, B, None, T, T, device=doc_ids.device, _compile=doc_ids.is_cuda)
+    return _block_mask_builder(doc_ids.is_cuda)(doc_causal, B, None, T, T, device=doc_ids.device)
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_block_mask(T: int, device: torch.device):
+    """Causal over whole rows, any batch size (B=None broadcasts): built once per (T, device)."""
+    return _block_mask_builder(device.type == "cuda")(_causal, None, None, T, T, device=device)
 
 
 def _flex(q, k, v, mask: DocMask):
@@ -239,8 +258,8 @@ def _flex(q, k, v, mask: DocMask):
 
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
     block_mask = mask.block_mask
-    if block_mask is None:  # no packing information: one causal document per row
-        block_mask = _flex_block_mask(torch.zeros(q.shape[0], q.shape[2], dtype=torch.long, device=q.device))
+    if block_mask is None:  # a mask built without T (none of build_doc_mask's): causal rows
+        block_mask = _causal_block_mask(q.shape[2], q.device)
     # Compiled on CUDA (the eager path materialises scores); eager on CPU, where it is only
     # used by tests (forward only: FlexAttention has no CPU backward).
     fn = _compiled_flex() if q.is_cuda else flex_attention

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ie_engine.engine.model.config import ModelConfig
-from ie_engine.engine.model.hf_checkpoint import load_hf, save_hf
+from ie_engine.engine.model.hf_checkpoint import load_hf, save_hf, to_transformers
 from ie_engine.engine.model.transformer import build_model
 
 from helpers import rel_err
@@ -58,6 +58,24 @@ def test_save_hf_is_read_by_transformers_and_round_trips_exactly(tmp_path):
     again = load_hf(tmp_path / "out")
     for (name, p), q in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_to_transformers_in_memory_equals_the_export(tmp_path, tied):
+    """The benchmarks' in-memory hand-over gives transformers the weights save_hf writes."""
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=211, multiple_of=32, max_seq_len=128,
+                      tie_embeddings=tied)
+    model = build_model(cfg, "meta")
+    model.to_empty(device="cpu")
+    model.init_weights(5)
+    model.eval()
+    save_hf(model, tmp_path / "out")
+    disk = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    memory = to_transformers(model, torch.float32, attn_implementation="eager").eval()
+    x = torch.randint(0, 211, (2, 23))
+    with torch.no_grad():
+        assert torch.equal(memory(x).logits, disk(x).logits)
+        assert rel_err(model(x), memory(x).logits.float()) < 1e-5
 
 
 def test_load_hf_casts_and_rejects_pickle(tmp_path):

@@ -151,3 +151,33 @@ def test_packed_gradients_equal_separate_documents():
         model(ids[b:b + 1, start:start + n]).sum().backward()
     for g, p in zip(packed, model.parameters()):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_causal_mask_is_built_once_per_length_not_per_layer(monkeypatch):
+    """Rows without doc_ids (padded batches): one causal BlockMask per sequence length, shared by
+    every layer and every later forward (each build is a compiled call on CUDA), and the flex
+    forward equals SDPA's causal one."""
+    from torch.nn.attention import flex_attention as flex_mod
+
+    from ie_engine.engine.model import attention as attn_mod
+
+    def clear_caches():  # module-level caches of built masks and of the (compiled) builder
+        for name in ("_causal_block_mask", "_block_mask_builder"):
+            getattr(getattr(attn_mod, name, None), "cache_clear", lambda: None)()
+
+    clear_caches()
+    builds = []
+    real = flex_mod.create_block_mask
+    monkeypatch.setattr(flex_mod, "create_block_mask", lambda *a, **kw: builds.append(a[3]) or real(*a, **kw))
+    cfg = tiny(n_layers=3)
+    model = make(cfg).eval()
+    x = torch.randint(0, cfg.vocab_size, (2, 37))
+    with torch.no_grad():
+        want = model(x)  # sdpa, the CPU default
+        model.attn_backend = "flex"
+        got = [model(x), model(x[:1]), model(x[:, :29])]
+    assert builds == [37, 29]  # not once per layer (3), nor once per forward
+    torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2], want[:, :29], rtol=1e-5, atol=1e-5)
+    clear_caches()

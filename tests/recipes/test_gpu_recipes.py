@@ -1,15 +1,19 @@
 """GPU recipe smoke tests: the recipes as a user runs them on CUDA, bf16 (parallel.mixed_precision=bf16:
-bf16 compute, fp32 master weights and gradient reduction), ~20 steps of the debug model each.
+bf16 compute, fp32 master weights and gradient reduction, FSDP2 on a 1-GPU mesh), ~20 steps of the
+debug model each. Three SFT launches run at once (their start-up and compiles overlap), then DPO:
+four launches on one GPU (issue 20: six, each compiling FlexAttention anew, did not fit the stage).
 
-- SFT with model.attn_backend=flex and with sdpa: the loss falls (mean of the last 5 steps below
-  the mean of the first 5), and the final export loads with ie_engine.engine.model.hf_checkpoint.load_hf and with
-  transformers.AutoModelForCausalLM and gives finite logits;
-- DPO from the flex SFT export (16 bundled pairs, all in every step): starts at log 2 (policy =
-  reference), the loss falls, the export loads;
+- SFT with model.attn_backend=flex (parallel.deterministic=true) twice, and with sdpa: the loss
+  falls (mean of the last 5 steps below the mean of the first 5), the two flex runs give
+  bitwise-identical losses and gradient norms (launched together, so they also contend for the
+  GPU), and the final export loads with ie_engine.engine.model.hf_checkpoint.load_hf and with
+  transformers.AutoModelForCausalLM and gives finite logits (SDPA forwards at the training shape:
+  no FlexAttention compile in this process);
+- DPO from the flex SFT export (16 bundled pairs, all in every step, in micro-batches of the SFT
+  runs' shape, so FlexAttention's compiled graphs come from inductor's cache): starts at log 2
+  (policy = reference), the loss falls, the export loads;
 - 2 GPUs (--nproc_per_node 2, the same global batch) give the 1-GPU losses within bf16's rtol 1e-2
-  (skipped with fewer than 2 GPUs);
-- parallel.deterministic=true (default backend: flex without flash-attn): two runs give
-  bitwise-identical losses and gradient norms.
+  (skipped with fewer than 2 GPUs).
 
 Every test is marked gpu, so tests/conftest.py skips it without CUDA; `python -m ie_engine.bench.gpu_check`
 runs them (`pytest -m gpu tests/recipes`) on a GPU machine.
@@ -31,7 +35,8 @@ STEPS = 20
 DEVICE, PRECISION = "cuda", "bf16"
 BF16_RTOL = 1e-2     # 2 GPUs vs 1: bf16 matmuls reduce in another order; fp32 master weights and reduction
 DPO_PAIRS = 16
-RUN_TIMEOUT_S = 150  # one recipe launch (the first FlexAttention compile is most of it)
+RUN_TIMEOUT_S = 120  # one recipe launch (the first FlexAttention compile is most of it)
+SEQ_LEN, ROWS = 256, 2  # FAST's data.seq_len and data.rows_per_micro_batch: the shape every run compiles
 
 
 def recipe_args(data_dir, output_dir, *extra, steps: int = STEPS) -> list[str]:
@@ -74,22 +79,25 @@ def assert_loss_falls(output_dir) -> None:
 
 
 def assert_export_loads(final) -> None:
-    """Our loader and transformers both read the export, and both give finite logits on the GPU."""
+    """Our loader and transformers both read the export, and both give finite logits on the GPU.
+    SDPA at the training shape: a FlexAttention forward here would compile once more, in this
+    process, for a no-grad graph that no run uses."""
     from ie_engine.engine.model.hf_checkpoint import load_hf
 
     vocab = json.loads((final / "config.json").read_text())["vocab_size"]
-    # 128 tokens: a whole FlexAttention block (the default backend on CUDA without flash-attn)
-    ids = torch.randint(0, vocab, (2, 128), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
+    ids = torch.randint(0, vocab, (ROWS, SEQ_LEN), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
     ours = load_hf(final, dtype=torch.bfloat16, device=DEVICE).eval()
+    ours.attn_backend = "sdpa"
     with torch.no_grad():
-        logits = ours(ids)  # (2, 128, vocab)
-    assert logits.shape == (2, 128, vocab) and torch.isfinite(logits).all()
+        logits = ours(ids)  # (ROWS, SEQ_LEN, vocab)
+    assert logits.shape == (ROWS, SEQ_LEN, vocab) and torch.isfinite(logits).all()
     del ours
     transformers = pytest.importorskip("transformers")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(final, dtype=torch.bfloat16).to(DEVICE).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(final, dtype=torch.bfloat16,
+                                                           attn_implementation="sdpa").to(DEVICE).eval()
     with torch.no_grad():
         hf_logits = hf(input_ids=ids).logits
-    assert hf_logits.shape == (2, 128, vocab) and torch.isfinite(hf_logits).all()
+    assert hf_logits.shape == (ROWS, SEQ_LEN, vocab) and torch.isfinite(hf_logits).all()
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +113,18 @@ def sft_data(bundled) -> list[str]:
     return [f"data.train_files=[{bundled['sft']}]", f"data.tokenizer={bundled['tokenizer']}"]
 
 
+SFT_RUNS = {"flex": ["model.attn_backend=flex", "parallel.deterministic=true"],
+            "flex_again": ["model.attn_backend=flex", "parallel.deterministic=true"],
+            "sdpa": ["model.attn_backend=sdpa"]}
+
+
 @pytest.fixture(scope="module")
 def sft_runs(tmp_path_factory, sft_data) -> dict[str, Path]:
-    """backend -> output_dir of a 1-GPU bf16 SFT run with that attention backend (run together)."""
-    outs = {b: tmp_path_factory.mktemp(f"gpu_sft_{b}") for b in ("flex", "sdpa")}
-    run_together([(torchrun_cmd("sft.py", 1, recipe_args(out / "cache", out / "run", *sft_data,
-                                                         f"model.attn_backend={b}")), out) for b, out in outs.items()])
-    return {b: out / "run" for b, out in outs.items()}
+    """name -> output_dir of a 1-GPU bf16 SFT run (SFT_RUNS), all launched together."""
+    outs = {name: tmp_path_factory.mktemp(f"gpu_sft_{name}") for name in SFT_RUNS}
+    run_together([(torchrun_cmd("sft.py", 1, recipe_args(out / "cache", out / "run", *sft_data, *SFT_RUNS[name])), out)
+                  for name, out in outs.items()])
+    return {name: out / "run" for name, out in outs.items()}
 
 
 @pytest.mark.parametrize("backend", ["flex", "sdpa"])
@@ -119,6 +132,13 @@ def test_sft_bf16_loss_falls_and_export_loads(sft_runs, backend):
     out = sft_runs[backend]
     assert_loss_falls(out)
     assert_export_loads(out / "final")
+
+
+def test_deterministic_runs_repeat_bitwise(sft_runs):
+    """The two deterministic flex runs, launched together: the same floats."""
+    runs = [[(m["loss"], m["grad_norm"]) for m in metrics(sft_runs[name])] for name in ("flex", "flex_again")]
+    assert len(runs[0]) == STEPS
+    assert runs[0] == runs[1]  # exact floats
 
 
 def test_dpo_from_sft_export_loss_falls_and_export_loads(sft_runs, bundled, tmp_path):
@@ -129,7 +149,7 @@ def test_dpo_from_sft_export_loss_falls_and_export_loads(sft_runs, bundled, tmp_
     out = tmp_path / "dpo"
     run(torchrun_cmd("dpo.py", 1, recipe_args(tmp_path / "cache", out, f"model.checkpoint={sft_runs['flex'] / 'final'}",
                                               f"data.train_files=[{pairs}]", f"global_batch_rows={DPO_PAIRS}",
-                                              "data.rows_per_micro_batch=4", "optim.lr=5e-4")),
+                                              "optim.lr=5e-4")),  # FAST's micro-batch shape, as SFT
         cwd=tmp_path, timeout=RUN_TIMEOUT_S, gpu=True)
     # step 1: the policy is the reference, every reward ~0 (bf16 forward), the sigmoid loss log 2
     assert losses(out)[0] == pytest.approx(math.log(2), abs=2e-2)
@@ -141,17 +161,7 @@ def test_dpo_from_sft_export_loss_falls_and_export_loads(sft_runs, bundled, tmp_
 def test_two_gpus_equal_one_gpu(sft_runs, sft_data, tmp_path):
     """The same global batch (4 rows): 1 GPU x 2 micro-batches of 2 rows vs 2 GPUs x 1."""
     out = tmp_path / "two"
-    run(torchrun_cmd("sft.py", 2, recipe_args(tmp_path / "cache", out, *sft_data, "model.attn_backend=flex")),
+    run(torchrun_cmd("sft.py", 2, recipe_args(tmp_path / "cache", out, *sft_data, *SFT_RUNS["flex"])),
         cwd=tmp_path, timeout=RUN_TIMEOUT_S, gpu=True)
     ref = torch.tensor(losses(sft_runs["flex"]), dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(losses(out), dtype=torch.float64), ref, rtol=BF16_RTOL, atol=0)
-
-
-def test_deterministic_runs_repeat_bitwise(sft_data, tmp_path):
-    """Two runs launched together (so they also contend for the GPU): the same floats."""
-    run_together([(torchrun_cmd("sft.py", 1, recipe_args(tmp_path / name / "cache", tmp_path / name / "run", *sft_data,
-                                                         "parallel.deterministic=true", steps=10)), tmp_path)
-                  for name in ("a", "b")])
-    runs = [[(m["loss"], m["grad_norm"]) for m in metrics(tmp_path / name / "run")] for name in ("a", "b")]
-    assert len(runs[0]) == 10
-    assert runs[0] == runs[1]  # exact floats
