@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from ie_engine.bench import bench_train_step as bts
+from ie_engine.bench import train_step_losses
 
 CPU, FP32 = torch.device("cpu"), torch.float32
 
@@ -16,11 +17,11 @@ def test_selective_log_softmax_by_definition_equals_trls():
     logits = torch.randn(3, 17, 53, generator=g, dtype=torch.float64)
     index = torch.randint(0, 53, (3, 17), generator=g)
     want = torch.log_softmax(logits, -1).gather(-1, index[..., None])[..., 0]
-    torch.testing.assert_close(bts.selective_log_softmax_by_definition(logits, index), want)
+    torch.testing.assert_close(train_step_losses.selective_log_softmax_by_definition(logits, index), want)
     trl_utils = pytest.importorskip("trl.trainer.utils")
     for dtype in (torch.float32, torch.bfloat16):
         x = logits.to(dtype)
-        torch.testing.assert_close(bts.selective_log_softmax_by_definition(x, index),
+        torch.testing.assert_close(train_step_losses.selective_log_softmax_by_definition(x, index),
                                    trl_utils.selective_log_softmax(x, index))
 
 
