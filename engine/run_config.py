@@ -23,6 +23,7 @@ checked at parse time too.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,9 +49,9 @@ class ModelSection:
 @dataclass
 class DataSection:
     train_files: list[str] = field(default_factory=list)
-    """Training files (JSONL / JSON); empty = the bundled sample IE data."""
+    """Training files (JSONL / JSON), each whole or with a cap or share of its records drawn with `seed` (ie_instruct.jsonl, tulu_v2_mix.jsonl:100000, tulu_v2_mix.jsonl:0.3; data/mixture.py); empty = the bundled sample IE data."""
     eval_files: list[str] = field(default_factory=list)
-    """Held-out files in the training format, scored every `eval_every` steps and at the end (SFT: loss per token; DPO: reward accuracy and margin); [bundled] = the bundled held-out set; empty = none."""
+    """Held-out files in the training format (a cap or share as in train_files), scored every `eval_every` steps and at the end (SFT: loss per token; DPO: reward accuracy and margin); [bundled] = the bundled held-out set; empty = none."""
     tokenizer: str = ""
     """sentencepiece tokenizer.model or a tokenizer.json (with its tokenizer_config.json beside it); empty = the checkpoint's, else the bundled one."""
     seq_len: int = 512
@@ -70,6 +71,25 @@ class DataSection:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
         if self.workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        for key in ("train_files", "eval_files"):
+            check_sources(f"data.{key}", getattr(self, key))
+
+
+def check_sources(key: str, entries: list[str]) -> None:
+    """Each entry is a file that exists, with a well-formed take if any (data/mixture.py); the
+    error names the entry's key (`data.train_files[1]: ...`). "bundled" is the bundled data."""
+    from ie_engine.data.mixture import parse_source
+    for i, entry in enumerate(entries):
+        if entry == "bundled":
+            continue
+        try:
+            source = parse_source(entry)
+        except ValueError as e:
+            raise ConfigError(f"{key}[{i}]: {e}") from None
+        if not os.path.isfile(source.path):
+            hint = (" (a cap or share goes after the last ':' as a number: FILE:100000 or FILE:0.3)"
+                    if ":" in entry and not source.draws else "")
+            raise ConfigError(f"{key}[{i}]: {source.path} does not exist{hint}")
 
 
 @dataclass
@@ -141,7 +161,7 @@ class RunConfig:
     output_dir: str = "runs/sft"
     """Checkpoints, metrics.jsonl, loss.png and the final Hugging Face export go here."""
     seed: int = 0
-    """Seed for initialisation and data order."""
+    """Seed for initialisation and data order: the draw of data files given with a cap or share, packing ties, the row order."""
     epochs: float = 1.0
     """Passes over the data (max_steps wins when set)."""
     max_steps: int | None = None
