@@ -7,6 +7,7 @@ or a bad combination is reported (naming the key) before any data or model work.
       data: DataSection             files, tokenizer, row length, micro-batch rows, cache
       optim: OptimConfig            AdamW and the LR schedule
       parallel: ParallelConfig      sharding, precision, activation checkpointing, compile
+      log: LogSection               where the metrics go: metrics.jsonl, TensorBoard, W&B
     DPOConfig(RunConfig)
       dpo: DPOSection               preference loss and reference model
     GenerateConfig                  recipes/generate.py: output, seed
@@ -23,6 +24,7 @@ checked at parse time too.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -156,6 +158,43 @@ class ParallelConfig:
             raise ConfigError(f"parallel.timeout_s must be >= 1, got {self.timeout_s}")
 
 
+# log.backends that need a package beyond the engine's own dependencies -> that package
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def package_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@dataclass
+class WandbSection:
+    project: str = "ie-engine"
+    """W&B project."""
+    entity: str = ""
+    """W&B entity (user or team); empty = the logged-in user's default."""
+    name: str = ""
+    """Run name; empty = output_dir's last part (e.g. sft-llama2-7b)."""
+    mode: Literal["online", "offline"] = "online"
+    """online: stream to the W&B server (after `wandb login`); offline: only output_dir/wandb/, no network (upload later with `wandb sync`)."""
+
+
+@dataclass
+class LogSection:
+    backends: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
+    """Where every scalar of a step goes (rank 0; the same names and step in each): jsonl (output_dir/metrics.jsonl and loss.png), tensorboard (output_dir/tb/), wandb (log.wandb); engine/trackers.py."""
+    wandb: WandbSection = field(default_factory=WandbSection)
+    """The W&B run, with wandb in backends."""
+
+    def validate(self) -> None:
+        if len(set(self.backends)) != len(self.backends):
+            raise ConfigError(f"log.backends names a backend twice: {self.backends}")
+        for backend in self.backends:
+            package = TRACKER_PACKAGES.get(backend)
+            if package and not package_installed(package):
+                raise ConfigError(f"log.backends: {backend} needs the {package} package, which is not installed "
+                                  f"(pip install {package}, or pip install -e '.[tracking]')")
+
+
 @dataclass
 class RunConfig:
     output_dir: str = "runs/sft"
@@ -186,6 +225,8 @@ class RunConfig:
     """Sharding, precision, activation checkpointing, compile."""
     eval: EvalSection = field(default_factory=lambda: EvalSection(generate=GenerateSection(max_new_tokens=512)))
     """With eval.files set: after the final export, generate answers to them and score them (OUT/eval/)."""
+    log: LogSection = field(default_factory=LogSection)
+    """Experiment tracking: metrics.jsonl, TensorBoard, Weights & Biases."""
 
     def validate(self) -> None:
         if not self.epochs > 0:
