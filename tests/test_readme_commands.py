@@ -65,6 +65,8 @@ def test_readme_command_parses_for_its_world_size(cmd, monkeypatch, placeholder_
     try:
         parse_config(module.CONFIG, module.launch.with_default_config(args, module.DEFAULT_CONFIG))
     except ConfigError as e:
+        if "package, which is not installed" in str(e):  # a log.backends example without its package
+            pytest.skip(str(e))
         pytest.fail(f"{cmd}\n  (world size {world}): {e}")
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from ie_engine.engine import run_config
 from ie_engine.engine.config import ConfigError, parse_config
-from ie_engine.engine.run_config import RunConfig
+from ie_engine.engine.run_config import DPOConfig, RunConfig
 from ie_engine.engine.trackers import JsonlTracker, Trackers, scalars
 
 
@@ -61,9 +61,10 @@ def test_jsonl_restarts_fresh_and_keeps_the_steps_up_to_a_resumed_checkpoint(tmp
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_default_is_jsonl_and_the_wandb_keys_parse():
-    assert parse_config(RunConfig, []).log.backends == ["jsonl"]
-    cfg = parse_config(RunConfig, ["log.wandb.mode=offline", "log.wandb.project=p", "log.wandb.name=n"])
+@pytest.mark.parametrize("schema", [RunConfig, DPOConfig])
+def test_default_is_jsonl_and_the_wandb_keys_parse(schema):
+    assert parse_config(schema, []).log.backends == ["jsonl"]
+    cfg = parse_config(schema, ["log.wandb.mode=offline", "log.wandb.project=p", "log.wandb.name=n"])
     assert (cfg.log.wandb.mode, cfg.log.wandb.project, cfg.log.wandb.name) == ("offline", "p", "n")
 
 
