@@ -15,6 +15,7 @@ character "["), which is parsed element by element so a file of GBs never sits i
   with a system or user turn is a whole conversation and is used as it is; one with only
   assistant turns is a response and is appended to the prompt (minus the prompt's last turn
   when that is an assistant turn: a prompt record that still holds its reference answer).
+`count_records(path)` says how many records either yields (data/mixture.py draws from them).
 Every record is checked; a bad one raises DataError("FILE:LINE: field: problem") (or
 "FILE[item N]" inside a JSON array). DataError is the one exception the data layer raises for
 bad input (records here, missing files and tokenizers in data/prepare.py); it is a ValueError.
@@ -102,6 +103,16 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
                 yield f"{name}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{name}:{lineno}: invalid JSON: {e.msg}") from None
+
+
+def count_records(path: str | os.PathLike) -> int:
+    """How many records read_sft / read_dpo yield from `path` (what data/mixture.py draws from):
+    JSONL lines are counted by the reader's own blank-line rule, without parsing them."""
+    with open(path, "rb") as f:
+        if f.read(4096).lstrip()[:1] == b"[":
+            return sum(1 for _ in _records(path))
+        f.seek(0)
+        return sum(1 for raw in f if raw.decode("utf-8", "replace").strip())
 
 
 def _messages(value: Any, where: str, field: str) -> list[dict]:

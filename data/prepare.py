@@ -3,28 +3,36 @@
     python -m ie_engine.data.prepare {sft,dpo} INPUT... --tokenizer PATH --seq-len N --out DIR
         [--workers K] [--overlong truncate|drop] [--seed S]
 
-Steps: read records in input order (data/formats.py) -> encode chunks of them in a process pool
-(data/encode.py; each worker loads the tokenizer once; results are consumed in submission
-order, so the cache is byte-identical for any worker count) -> pack the examples into rows
-(data/pack.py: best fit decreasing, then a repair of the emptiest rows) -> write the layout that
-data/cache.py owns (FORMAT_VERSION), plus DIR/stats.json.
+An INPUT is a file, or a file with a cap or a share of its records (`tulu.jsonl:100000`,
+`tulu.jsonl:0.3`), drawn with the seed (data/mixture.py: the syntax, the ':' rule, the draw).
+
+Steps: read records in input order (data/formats.py; of an input with a take, the drawn ones)
+-> encode chunks of them in a process pool (data/encode.py; each worker loads the tokenizer
+once; results are consumed in submission order, so the cache is byte-identical for any worker
+count) -> pack the examples into rows (data/pack.py: best fit decreasing, then a repair of the
+emptiest rows) -> write the layout that data/cache.py owns (FORMAT_VERSION), plus DIR/stats.json.
 
 Reuse: DIR/meta.json holds a fingerprint of everything the bytes depend on: each input's
-absolute path, size and mtime_ns (not a content hash: hashing gigabytes would cost as much as a
-rebuild, and tools that rewrite a file change its mtime), the tokenizer's sha256 (a tokenizer.json
-with the config files beside it that decide BOS/EOS: data.tokenizer.tokenizer_sha256), the
-sha256 of the sources that decide the bytes (data/formats.py, template.py, tokenizer.py,
-encode.py, pack.py and this file), kind, seq_len, overlong, seed and FORMAT_VERSION. The worker
-count is not in it: it does not change the output. Same fingerprint -> the cache is reused (and
-says so on stderr); anything else -> rebuilt. The build happens in DIR.tmp-XXXX and is renamed
-into place at the end, so a crash never leaves a DIR that looks complete (meta.json is written
-last, inside the temporary directory).
+absolute path, size, mtime_ns and take ("all", a cap or a share: a different mix never reuses
+a cache; size and mtime rather than a content hash, since hashing gigabytes would cost as much
+as a rebuild, and tools that rewrite a file change its mtime), the tokenizer's sha256 (a
+tokenizer.json with the config files beside it that decide BOS/EOS:
+data.tokenizer.tokenizer_sha256), the sha256 of the sources that decide the bytes
+(data/formats.py, template.py, tokenizer.py, encode.py, pack.py, stats.py, mixture.py and this
+file), kind, seq_len, overlong, seed and FORMAT_VERSION. The worker count is not in it: it does
+not change the output. Same fingerprint -> the cache is reused (and says so on stderr); anything
+else -> rebuilt. The build happens in DIR.tmp-XXXX and is renamed into place at the end, so a
+crash never leaves a DIR that looks complete (meta.json is written last, inside the temporary
+directory).
 
 Overlong examples follow `overlong` (data/encode.py: truncate or drop; a DPO pair is one unit).
 
-`seed` only breaks ties: documents are shuffled with it before packing, so which of several
-equally long examples share a row is random instead of following input order. Rows still hold
-their documents in increasing example index.
+`seed` draws the records of inputs with a take, and breaks ties: documents are shuffled with it
+before packing, so which of several equally long examples share a row is random instead of
+following input order. Rows still hold their documents in increasing example index.
+
+stats.json (data/stats.py) counts records, tokens and target tokens per source dataset and per
+input (with the input's take and the records the file holds).
 
 Bad input (a missing file, a tokenizer that is not one, a malformed record) raises
 ie_engine.data.formats.DataError naming the file (and line and field); the command line prints that message
@@ -50,6 +58,7 @@ import numpy as np
 from ie_engine.data.cache import FORMAT_VERSION
 from ie_engine.data.encode import TRUNCATED, encode_records
 from ie_engine.data.formats import DataError, read_dpo, read_sft
+from ie_engine.data.mixture import Source, parse_source, resolve
 from ie_engine.data.pack import build_row_index, pack_documents
 from ie_engine.data.stats import build_stats
 from ie_engine.data.tokenizer import Tokenizer, WordCacheTokenizer, tokenizer_sha256
@@ -57,7 +66,8 @@ from ie_engine.data.tokenizer import Tokenizer, WordCacheTokenizer, tokenizer_sh
 CHUNK = 256  # records per pool task: large enough to amortise pickling, small for load balance
 
 # the data/ sources that decide a cache's bytes: an edit to any of them rebuilds caches
-_SOURCES = ("formats.py", "template.py", "tokenizer.py", "encode.py", "pack.py", "prepare.py", "stats.py")
+_SOURCES = ("formats.py", "template.py", "tokenizer.py", "encode.py", "pack.py", "prepare.py", "stats.py",
+            "mixture.py")
 
 
 # ----------------------------------------------------------------------------- workers
@@ -77,15 +87,16 @@ def _encode_chunk(job: tuple) -> tuple:
 
 # ----------------------------------------------------------------------------- fingerprint
 
-def fingerprint(kind: str, inputs: list[str], tokenizer_path: str, seq_len: int, overlong: str,
+def fingerprint(kind: str, inputs: list[str | Source], tokenizer_path: str, seq_len: int, overlong: str,
                 seed: int) -> dict:
-    """Everything the cache bytes depend on (see the module docstring)."""
+    """Everything the cache bytes depend on (see the module docstring); inputs as prepare() takes them."""
     here = Path(__file__).parent
     code = hashlib.sha256(b"".join((here / s).read_bytes() for s in _SOURCES)).hexdigest()
     files = []
-    for p in inputs:
-        st = os.stat(p)
-        files.append({"path": os.path.abspath(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    for src in _sources(inputs):
+        st = os.stat(src.path)
+        files.append({"path": os.path.abspath(src.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                      "take": src.take})
     return {"format": FORMAT_VERSION, "kind": kind, "seq_len": int(seq_len), "overlong": overlong,
             "seed": int(seed), "inputs": files, "tokenizer_sha256": tokenizer_sha256(tokenizer_path),
             "code_sha256": code}
@@ -101,15 +112,35 @@ def _existing_fingerprint(out_dir: str) -> dict | None:
 
 # ----------------------------------------------------------------------------- reading
 
-def _records(kind: str, inputs: list[str]) -> Iterator[tuple[str, object]]:
-    """(dataset, payload) per record in input order; payload = messages or (chosen, rejected)."""
-    for path in inputs:
-        if kind == "sft":
-            for rec in read_sft(path, training=True):
-                yield rec["dataset"], rec["messages"]
-        else:
-            for rec in read_dpo(path):
-                yield rec["dataset"], (rec["chosen"], rec["rejected"])
+def _sources(inputs: list[str | Source]) -> list[Source]:
+    """Inputs as Sources: a string is parsed for a take (data/mixture.py); a bad one is a DataError."""
+    out = []
+    for entry in inputs:
+        if isinstance(entry, Source):
+            out.append(entry)
+            continue
+        try:
+            out.append(parse_source(os.fspath(entry)))
+        except ValueError as e:
+            raise DataError(f"input {e}") from None
+    return out
+
+
+def _records(kind: str, sources: list[Source], picks: list[np.ndarray | None]
+             ) -> Iterator[tuple[int, str, object]]:
+    """(input index, dataset, payload) per record in input order, of each input only the drawn
+    positions (picks[i], sorted; None = all); payload = messages or (chosen, rejected). Every
+    record is read and checked, drawn or not."""
+    for i, (src, pick) in enumerate(zip(sources, picks)):
+        recs = read_sft(src.path, training=True) if kind == "sft" else read_dpo(src.path)
+        nxt = 0  # index into pick of the next position to keep
+        for position, rec in enumerate(recs):
+            if pick is not None:
+                if nxt == len(pick) or pick[nxt] != position:
+                    continue
+                nxt += 1
+            payload = rec["messages"] if kind == "sft" else (rec["chosen"], rec["rejected"])
+            yield i, rec["dataset"], payload
 
 
 def _count_records(inputs: list[str]) -> int | None:
@@ -182,16 +213,17 @@ def prepare(kind: str, inputs: list[str] | str, tokenizer_path: str, seq_len: in
         raise DataError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
     if int(seq_len) != seq_len or seq_len < 2:
         raise DataError(f"seq_len must be an integer >= 2, got {seq_len!r}")
-    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs]
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike, Source)) else list(inputs)
     if not inputs:
         raise DataError("no input files")
-    for p in inputs:
-        if not os.path.isfile(p):
-            raise DataError(f"input file not found: {p}")
+    sources = _sources(inputs)
+    for src in sources:
+        if not os.path.isfile(src.path):
+            raise DataError(f"input file not found: {src.path}")
     if not os.path.isfile(tokenizer_path):
         raise DataError(f"tokenizer file not found: {tokenizer_path}")
     out_dir = os.path.abspath(os.fspath(out_dir))
-    fp = fingerprint(kind, inputs, tokenizer_path, seq_len, overlong, seed)
+    fp = fingerprint(kind, sources, tokenizer_path, seq_len, overlong, seed)
     if _existing_fingerprint(out_dir) == fp:
         _log(f"reusing cache {out_dir} (inputs, tokenizer and settings unchanged)")
         return out_dir
@@ -206,7 +238,7 @@ def prepare(kind: str, inputs: list[str] | str, tokenizer_path: str, seq_len: in
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
     try:
         t0 = time.perf_counter()
-        stats = _build(kind, inputs, tokenizer_path, int(seq_len), overlong, seed, workers,
+        stats = _build(kind, sources, tokenizer_path, int(seq_len), overlong, seed, workers,
                        progress, tmp, fp)
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -231,21 +263,28 @@ def _replace_dir(tmp: str, out_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _encode_all(kind, inputs, tokenizer_path, seq_len, overlong, dtype, workers, progress):
-    """Run the workers over every record; returns concatenated per-chunk outputs + dataset names."""
+def _encode_all(kind, sources, picks, tokenizer_path, seq_len, overlong, dtype, workers, progress):
+    """Run the workers over every (drawn) record; returns concatenated per-chunk outputs, each
+    record's dataset index and input index, and the dataset names."""
     from tqdm import tqdm
 
     datasets: dict[str, int] = {}
     rec_dataset: list[np.ndarray] = []
+    rec_input: list[np.ndarray] = []
     outs: list[tuple] = []
-    bar = tqdm(total=_count_records(inputs) if progress else None, unit=" ex", disable=not progress,
+    total = None
+    if progress:
+        sizes = [len(p) if p is not None else _count_records([s.path]) for s, p in zip(sources, picks)]
+        total = None if None in sizes else sum(sizes)
+    bar = tqdm(total=total, unit=" ex", disable=not progress,
                desc=f"tokenizing {kind}", file=sys.stderr, dynamic_ncols=True)
 
     def jobs():
-        for chunk in _chunks(_records(kind, inputs), CHUNK):
-            rec_dataset.append(np.array([datasets.setdefault(d, len(datasets)) for d, _ in chunk],
+        for chunk in _chunks(_records(kind, sources, picks), CHUNK):
+            rec_dataset.append(np.array([datasets.setdefault(d, len(datasets)) for _, d, _ in chunk],
                                         dtype=np.int64))
-            yield (kind, seq_len, overlong, dtype, [x for _, x in chunk])
+            rec_input.append(np.array([i for i, _, _ in chunk], dtype=np.int64))
+            yield (kind, seq_len, overlong, dtype, [x for _, _, x in chunk])
 
     def take(out):
         outs.append(out)
@@ -275,15 +314,17 @@ def _encode_all(kind, inputs, tokenizer_path, seq_len, overlong, dtype, workers,
              np.zeros(0, np.int8), np.zeros(0, np.int64))
     cols = [np.concatenate([o[k] for o in outs] + [empty[k]]) for k in range(6)]
     rec_dataset = np.concatenate(rec_dataset + [np.zeros(0, np.int64)])
-    return (*cols, rec_dataset, names)
+    rec_input = np.concatenate(rec_input + [np.zeros(0, np.int64)])
+    return (*cols, rec_dataset, rec_input, names)
 
 
-def _build(kind, inputs, tokenizer_path, seq_len, overlong, seed, workers, progress, tmp, fp) -> dict:
+def _build(kind, sources, tokenizer_path, seq_len, overlong, seed, workers, progress, tmp, fp) -> dict:
     t0 = time.perf_counter()
     tok = Tokenizer(tokenizer_path)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.int32)
-    ids, mask, doc_lens, doc_tgt, status, full_len, rec_dataset, names = _encode_all(
-        kind, inputs, tokenizer_path, seq_len, overlong, dtype, workers, progress)
+    mix = resolve(sources, seed)                                      # per input: (pick, record count)
+    ids, mask, doc_lens, doc_tgt, status, full_len, rec_dataset, rec_input, names = _encode_all(
+        kind, sources, [pick for pick, _ in mix], tokenizer_path, seq_len, overlong, dtype, workers, progress)
     t_encode = time.perf_counter() - t0
 
     per_ex = 2 if kind == "dpo" else 1
@@ -327,8 +368,9 @@ def _build(kind, inputs, tokenizer_path, seq_len, overlong, seed, workers, progr
     np.save(os.path.join(tmp, "doc_dataset.npy"),
             np.repeat(ex_dataset[ex_order], per_ex).astype(np.int32))
 
+    available = [n if n is not None else int((rec_input == i).sum()) for i, (_, n) in enumerate(mix)]
     stats = build_stats(kind, seq_len, overlong, seed, tok, fp, names, status, full_len, rec_dataset,
-                   ex_len, ex_tgt, R)
+                        ex_len, ex_tgt, R, rec_input, available)
     _write_json(os.path.join(tmp, "stats.json"), stats)
     meta = {"format": FORMAT_VERSION, "kind": kind, "seq_len": seq_len,
             "tokenizer": os.path.abspath(tokenizer_path),
@@ -354,13 +396,16 @@ def _write_json(path: str, obj: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ie_engine.data.prepare", description=__doc__.split("\n")[0])
     ap.add_argument("kind", choices=("sft", "dpo"))
-    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL / JSON files, read in order")
+    ap.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="JSONL / JSON files, read in order; FILE:100000 caps a file at that many records "
+                         "and FILE:0.3 takes 30%% of them, drawn with --seed")
     ap.add_argument("--tokenizer", required=True, help="sentencepiece tokenizer.model or tokenizer.json")
     ap.add_argument("--seq-len", type=int, required=True, help="tokens per packed row")
     ap.add_argument("--out", required=True, help="cache directory to write")
     ap.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     ap.add_argument("--overlong", choices=("truncate", "drop"), default="truncate")
-    ap.add_argument("--seed", type=int, default=0, help="tie-breaking shuffle before packing")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the draw of inputs with a cap or share, and the tie-breaking shuffle before packing")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)  # bad arguments: argparse prints usage and exits with 2
     try:

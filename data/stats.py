@@ -1,5 +1,6 @@
 """stats.json of a token cache (data/prepare.py writes it beside the cache): totals, and the same
-counts per source dataset, deterministic (no timings), so two builds of the same inputs agree.
+counts per source dataset and per input file, deterministic (no timings), so two builds of the
+same inputs agree.
 """
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ from ie_engine.data.encode import DROPPED_NO_TARGET, DROPPED_OVERLONG, TRUNCATED
 
 
 def build_stats(kind, seq_len, overlong, seed, tok, fp, names, status, full_len, rec_dataset,
-           ex_len, ex_tgt, R) -> dict:
-    """stats.json: deterministic (no timings), totals and the same counts per source dataset.
+                ex_len, ex_tgt, R, rec_input, available) -> dict:
+    """stats.json: deterministic (no timings), totals and the same counts per source dataset
+    ("per_dataset", by the records' dataset name) and per input ("per_input", in input order:
+    path, take, file_records = the records the file holds, then the counts of those drawn).
 
-    records: read; examples: kept (DPO: pairs); tokens / target_tokens: in the cache (DPO: both
-    sequences); truncated: kept but cut; dropped = dropped_overlong + dropped_no_target;
-    max_example_tokens: longest record before any cut.
+    records: read (of an input with a take: drawn); examples: kept (DPO: pairs); tokens /
+    target_tokens: in the cache (DPO: both sequences); truncated: kept but cut; dropped =
+    dropped_overlong + dropped_no_target; max_example_tokens: longest record before any cut.
+    rec_input: each record's input index; available: each input's record count.
     """
     ex_dataset = rec_dataset[status <= TRUNCATED]
+    ex_input = rec_input[status <= TRUNCATED]
     N = int(ex_len.sum())
 
     def counts(sel_rec: np.ndarray, sel_ex: np.ndarray) -> dict:
@@ -49,4 +54,7 @@ def build_stats(kind, seq_len, overlong, seed, tok, fp, names, status, full_len,
         "inputs": [f["path"] for f in fp["inputs"]],
         "per_dataset": {name: counts(rec_dataset == i, ex_dataset == i)
                         for i, name in enumerate(names)},
+        "per_input": [{"path": f["path"], "take": f["take"], "file_records": int(n),
+                       **counts(rec_input == i, ex_input == i)}
+                      for i, (f, n) in enumerate(zip(fp["inputs"], available))],
     }

@@ -1,6 +1,6 @@
-"""What a run reports: a rank-0 progress bar (loss, lr, tokens/s, MFU, peak memory),
-output_dir/metrics.jsonl (one JSON object per optimizer step), TensorBoard when installed, and
-a loss-curve PNG at the end.
+"""What a run reports: a rank-0 progress bar (loss, lr, tokens/s, MFU, peak memory), every
+step's record to the backends of log.backends (engine/trackers.py: output_dir/metrics.jsonl by
+default, TensorBoard, Weights & Biases), and a loss-curve PNG from metrics.jsonl at the end.
 
 MFU = achieved model FLOP/s / the device's peak. Model FLOPs per step, stated here once:
   6 * P * tokens                      (P = parameters outside the embedding table: every matmul
@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from ie_engine.engine.trackers import build_trackers
 
 # Dense bf16 tensor-core peaks (no sparsity) from the vendors' data sheets.
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -73,38 +75,24 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class MetricsLogger:
-    """Rank 0 writes; other ranks hold a logger that does nothing."""
+    """Rank 0 shows the bar and feeds the trackers; other ranks hold a logger that does nothing."""
 
-    def __init__(self, output_dir: str, rank: int, total_steps: int, start_step: int, resumed: bool):
+    def __init__(self, cfg, rank: int, total_steps: int, start_step: int, resumed: bool):
         self.active = rank == 0
-        self.path = Path(output_dir) / "metrics.jsonl"
-        self.bar = self.tb = None
+        self.path = Path(cfg.output_dir) / "metrics.jsonl"
+        self.plot = "jsonl" in cfg.log.backends  # loss.png is drawn from metrics.jsonl
+        self.bar = self.trackers = None
         if not self.active:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not resumed and self.path.exists():
-            self.path.unlink()  # a fresh run starts a fresh log
-        elif resumed and self.path.exists():  # drop steps logged after the checkpoint we resume
-            keep = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= start_step]
-            self.path.write_text("".join(l + "\n" for l in keep))
+        self.trackers = build_trackers(cfg, start_step, resumed)
         from tqdm import tqdm
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
                         disable=os.environ.get("ENGINE_NO_BAR") == "1")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(Path(output_dir) / "tb"))
-        except Exception:  # tensorboard not installed: metrics.jsonl is the record
-            self.tb = None
 
     def log(self, record: dict) -> None:
         if not self.active:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
+        self.trackers.log(record)
         self.bar.update(1)
         self.bar.set_postfix({"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
                               "tok/s": f"{record['tokens_per_s']:.0f}", "mfu": f"{100 * record['mfu']:.1f}%",
@@ -114,9 +102,9 @@ class MetricsLogger:
         if not self.active:
             return
         self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-        plot_loss(self.path, self.path.with_name("loss.png"))
+        self.trackers.close()
+        if self.plot and self.path.exists():
+            plot_loss(self.path, self.path.with_name("loss.png"))
 
 
 def plot_loss(metrics_path: Path, png_path: Path) -> None:

@@ -7,6 +7,7 @@ or a bad combination is reported (naming the key) before any data or model work.
       data: DataSection             files, tokenizer, row length, micro-batch rows, cache
       optim: OptimConfig            AdamW and the LR schedule
       parallel: ParallelConfig      sharding, precision, activation checkpointing, compile
+      log: LogSection               where the metrics go: metrics.jsonl, TensorBoard, W&B
     DPOConfig(RunConfig)
       dpo: DPOSection               preference loss and reference model
     GenerateConfig                  recipes/generate.py: output, seed
@@ -23,6 +24,8 @@ checked at parse time too.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,9 +51,9 @@ class ModelSection:
 @dataclass
 class DataSection:
     train_files: list[str] = field(default_factory=list)
-    """Training files (JSONL / JSON); empty = the bundled sample IE data."""
+    """Training files (JSONL / JSON), each whole or with a cap or share of its records drawn with `seed` (ie_instruct.jsonl, tulu_v2_mix.jsonl:100000, tulu_v2_mix.jsonl:0.3; data/mixture.py); empty = the bundled sample IE data."""
     eval_files: list[str] = field(default_factory=list)
-    """Held-out files in the training format, scored every `eval_every` steps and at the end (SFT: loss per token; DPO: reward accuracy and margin); [bundled] = the bundled held-out set; empty = none."""
+    """Held-out files in the training format (a cap or share as in train_files), scored every `eval_every` steps and at the end (SFT: loss per token; DPO: reward accuracy and margin); [bundled] = the bundled held-out set; empty = none."""
     tokenizer: str = ""
     """sentencepiece tokenizer.model or a tokenizer.json (with its tokenizer_config.json beside it); empty = the checkpoint's, else the bundled one."""
     seq_len: int = 512
@@ -70,6 +73,25 @@ class DataSection:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
         if self.workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        for key in ("train_files", "eval_files"):
+            check_sources(f"data.{key}", getattr(self, key))
+
+
+def check_sources(key: str, entries: list[str]) -> None:
+    """Each entry is a file that exists, with a well-formed take if any (data/mixture.py); the
+    error names the entry's key (`data.train_files[1]: ...`). "bundled" is the bundled data."""
+    from ie_engine.data.mixture import parse_source
+    for i, entry in enumerate(entries):
+        if entry == "bundled":
+            continue
+        try:
+            source = parse_source(entry)
+        except ValueError as e:
+            raise ConfigError(f"{key}[{i}]: {e}") from None
+        if not os.path.isfile(source.path):
+            hint = (" (a cap or share goes after the last ':' as a number: FILE:100000 or FILE:0.3)"
+                    if ":" in entry and not source.draws else "")
+            raise ConfigError(f"{key}[{i}]: {source.path} does not exist{hint}")
 
 
 @dataclass
@@ -136,12 +158,49 @@ class ParallelConfig:
             raise ConfigError(f"parallel.timeout_s must be >= 1, got {self.timeout_s}")
 
 
+# log.backends that need a package beyond the engine's own dependencies -> that package
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def package_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@dataclass
+class WandbSection:
+    project: str = "ie-engine"
+    """W&B project."""
+    entity: str = ""
+    """W&B entity (user or team); empty = the logged-in user's default."""
+    name: str = ""
+    """Run name; empty = output_dir's last part (e.g. sft-llama2-7b)."""
+    mode: Literal["online", "offline"] = "online"
+    """online: stream to the W&B server (after `wandb login`); offline: only output_dir/wandb/, no network (upload later with `wandb sync`)."""
+
+
+@dataclass
+class LogSection:
+    backends: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
+    """Where every scalar of a step goes (rank 0; the same names and step in each): jsonl (output_dir/metrics.jsonl and loss.png), tensorboard (output_dir/tb/), wandb (log.wandb); engine/trackers.py."""
+    wandb: WandbSection = field(default_factory=WandbSection)
+    """The W&B run, with wandb in backends."""
+
+    def validate(self) -> None:
+        if len(set(self.backends)) != len(self.backends):
+            raise ConfigError(f"log.backends names a backend twice: {self.backends}")
+        for backend in self.backends:
+            package = TRACKER_PACKAGES.get(backend)
+            if package and not package_installed(package):
+                raise ConfigError(f"log.backends: {backend} needs the {package} package, which is not installed "
+                                  f"(pip install {package}, or pip install -e '.[tracking]')")
+
+
 @dataclass
 class RunConfig:
     output_dir: str = "runs/sft"
     """Checkpoints, metrics.jsonl, loss.png and the final Hugging Face export go here."""
     seed: int = 0
-    """Seed for initialisation and data order."""
+    """Seed for initialisation and data order: the draw of data files given with a cap or share, packing ties, the row order."""
     epochs: float = 1.0
     """Passes over the data (max_steps wins when set)."""
     max_steps: int | None = None
@@ -166,6 +225,8 @@ class RunConfig:
     """Sharding, precision, activation checkpointing, compile."""
     eval: EvalSection = field(default_factory=lambda: EvalSection(generate=GenerateSection(max_new_tokens=512)))
     """With eval.files set: after the final export, generate answers to them and score them (OUT/eval/)."""
+    log: LogSection = field(default_factory=LogSection)
+    """Experiment tracking: metrics.jsonl, TensorBoard, Weights & Biases."""
 
     def validate(self) -> None:
         if not self.epochs > 0:

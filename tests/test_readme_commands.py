@@ -2,6 +2,7 @@
 (nnodes x nproc_per_node), exactly as the recipe would parse it at start-up, before any data or
 model work: a command that could never start (batch arithmetic, unknown keys) fails here."""
 import importlib
+import os
 import re
 import shlex
 from pathlib import Path
@@ -37,13 +38,24 @@ def recipe_invocation(cmd: str) -> tuple[str, int, list[str]]:
 
 COMMANDS = readme_commands()
 
+# The README's data files stand for the reader's own (/data/..., the 7B configs' /path/to/...,
+# runs/... written by an earlier stage): data.train_files entries there count as present; their
+# syntax (a cap or share) and every other check still run.
+PLACEHOLDERS = ("/data/", "/path/to/", "runs/")
+
+
+@pytest.fixture
+def placeholder_files(monkeypatch):
+    real = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda p: str(p).startswith(PLACEHOLDERS) or real(p))
+
 
 def test_the_readme_has_recipe_commands():
     assert len(COMMANDS) >= 4
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
-def test_readme_command_parses_for_its_world_size(cmd, monkeypatch):
+def test_readme_command_parses_for_its_world_size(cmd, monkeypatch, placeholder_files):
     name, world, args = recipe_invocation(cmd)
     monkeypatch.setenv("WORLD_SIZE", str(world))
     module = importlib.import_module(f"ie_engine.recipes.{name}")
@@ -53,10 +65,12 @@ def test_readme_command_parses_for_its_world_size(cmd, monkeypatch):
     try:
         parse_config(module.CONFIG, module.launch.with_default_config(args, module.DEFAULT_CONFIG))
     except ConfigError as e:
+        if "package, which is not installed" in str(e):  # a log.backends example without its package
+            pytest.skip(str(e))
         pytest.fail(f"{cmd}\n  (world size {world}): {e}")
 
 
-def test_world_size_is_checked_at_parse_time(monkeypatch):
+def test_world_size_is_checked_at_parse_time(monkeypatch, placeholder_files):
     """The old README's 4-node example: 32 ranks x 4 rows can never make a batch of 32 rows."""
     monkeypatch.setenv("WORLD_SIZE", "32")
     from ie_engine.recipes import sft

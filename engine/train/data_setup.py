@@ -1,6 +1,7 @@
 """A run's data, before any model exists: rank 0 builds (or reuses) the token cache from the
 configured files (or the bundled defaults), every rank opens it. A data error costs seconds,
-not a model allocation.
+not a model allocation. The run's `seed` draws the records of files given with a cap or share
+(data/mixture.py) and breaks packing ties, so it is part of the cache's fingerprint.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ def prepare_data(cfg: RunConfig, world: parallel.World, kind: str, heldout: bool
     """-> (TokenCache, tokenizer path). kind: "sft" or "dpo". heldout: the cache of
     data.eval_files (None when there are none) instead of data.train_files."""
     from ie_engine.data.cache import TokenCache
+    from ie_engine.data.mixture import parse_source
     from ie_engine.data.prepare import prepare
 
     files, tokenizer = list(cfg.data.eval_files if heldout else cfg.data.train_files), cfg.data.tokenizer
@@ -36,11 +38,11 @@ def prepare_data(cfg: RunConfig, world: parallel.World, kind: str, heldout: bool
                 files = [assets["heldout" if kind == "sft" else "heldout_dpo"]]
             files = files or [assets[kind]]
             tokenizer = tokenizer or assets["tokenizer"]
-        for f in files + [tokenizer]:
+        for f in [parse_source(f).path for f in files] + [tokenizer]:
             if not Path(f).exists():
                 raise ConfigError(f"data: {f} does not exist")
         prepare(kind, files, tokenizer, cfg.data.seq_len, str(out), overlong=cfg.data.overlong,
-                workers=cfg.data.workers or None)
+                workers=cfg.data.workers or None, seed=cfg.seed)
     parallel.barrier()
     cache = TokenCache(out)
     if cache.num_rows == 0:

@@ -88,7 +88,7 @@ def train(run: TrainingRun, loss_fn, count_fn, prepare_batch=None, eval_fn=None)
     peak = log.device_peak_flops(world.device) * world.world_size
     flash = getattr(model, "attn_backend", None) == "flash" or cfg.model.attn_backend == "flash"
     sync_every = cfg.parallel.grad_sync == "every_micro_batch"
-    logger = log.MetricsLogger(cfg.output_dir, world.rank, run.total, run.start, run.resumed_from is not None)
+    logger = log.MetricsLogger(cfg, world.rank, run.total, run.start, run.resumed_from is not None)
     record: dict = {}
     for step in range(run.start + 1, run.total + 1):
         t0 = time.perf_counter()
