@@ -23,12 +23,13 @@ tokenized.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from ie_engine.data.formats import count_records
+from ie_engine.data.formats import DataError, count_records
 
 _WHOLE = re.compile(r"[+-]?\d+")
 _REAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+|\.\d+[eE][+-]?\d+)")
@@ -99,4 +100,18 @@ def resolve(sources: list[Source], seed: int) -> list[tuple[np.ndarray | None, i
             out.append((draw(src, n, seed, i), n))
         else:
             out.append((None, None))
+    return out
+
+
+def as_sources(inputs: list[str | Source]) -> list[Source]:
+    """Inputs as Sources: a string is parsed for a take (data/mixture.py); a bad one is a DataError."""
+    out = []
+    for entry in inputs:
+        if isinstance(entry, Source):
+            out.append(entry)
+            continue
+        try:
+            out.append(parse_source(os.fspath(entry)))
+        except ValueError as e:
+            raise DataError(f"input {e}") from None
     return out

@@ -57,8 +57,8 @@ import numpy as np
 
 from ie_engine.data.cache import FORMAT_VERSION
 from ie_engine.data.encode import TRUNCATED, encode_records
-from ie_engine.data.formats import DataError, read_dpo, read_sft
-from ie_engine.data.mixture import Source, parse_source, resolve
+from ie_engine.data.formats import DataError, count_records, read_dpo, read_sft
+from ie_engine.data.mixture import Source, as_sources, resolve
 from ie_engine.data.pack import build_row_index, pack_documents
 from ie_engine.data.stats import build_stats
 from ie_engine.data.tokenizer import Tokenizer, WordCacheTokenizer, tokenizer_sha256
@@ -93,7 +93,7 @@ def fingerprint(kind: str, inputs: list[str | Source], tokenizer_path: str, seq_
     here = Path(__file__).parent
     code = hashlib.sha256(b"".join((here / s).read_bytes() for s in _SOURCES)).hexdigest()
     files = []
-    for src in _sources(inputs):
+    for src in as_sources(inputs):
         st = os.stat(src.path)
         files.append({"path": os.path.abspath(src.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                       "take": src.take})
@@ -112,20 +112,6 @@ def _existing_fingerprint(out_dir: str) -> dict | None:
 
 # ----------------------------------------------------------------------------- reading
 
-def _sources(inputs: list[str | Source]) -> list[Source]:
-    """Inputs as Sources: a string is parsed for a take (data/mixture.py); a bad one is a DataError."""
-    out = []
-    for entry in inputs:
-        if isinstance(entry, Source):
-            out.append(entry)
-            continue
-        try:
-            out.append(parse_source(os.fspath(entry)))
-        except ValueError as e:
-            raise DataError(f"input {e}") from None
-    return out
-
-
 def _records(kind: str, sources: list[Source], picks: list[np.ndarray | None]
              ) -> Iterator[tuple[int, str, object]]:
     """(input index, dataset, payload) per record in input order, of each input only the drawn
@@ -141,22 +127,6 @@ def _records(kind: str, sources: list[Source], picks: list[np.ndarray | None]
                 nxt += 1
             payload = rec["messages"] if kind == "sft" else (rec["chosen"], rec["rejected"])
             yield i, rec["dataset"], payload
-
-
-def _count_records(inputs: list[str]) -> int | None:
-    """Line count of JSONL inputs, the progress bar's total (None if any input is a JSON array)."""
-    n = 0
-    for p in inputs:
-        with open(p, "rb") as f:
-            if f.read(1 << 12).lstrip().startswith(b"["):
-                return None
-            f.seek(0)
-            last = b"\n"
-            for block in iter(lambda: f.read(1 << 24), b""):
-                n += block.count(b"\n")
-                last = block[-1:]
-            n += last != b"\n"
-    return n
 
 
 def _chunks(it: Iterable, n: int) -> Iterator[list]:
@@ -216,7 +186,7 @@ def prepare(kind: str, inputs: list[str] | str, tokenizer_path: str, seq_len: in
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike, Source)) else list(inputs)
     if not inputs:
         raise DataError("no input files")
-    sources = _sources(inputs)
+    sources = as_sources(inputs)
     for src in sources:
         if not os.path.isfile(src.path):
             raise DataError(f"input file not found: {src.path}")
@@ -274,7 +244,7 @@ def _encode_all(kind, sources, picks, tokenizer_path, seq_len, overlong, dtype, 
     outs: list[tuple] = []
     total = None
     if progress:
-        sizes = [len(p) if p is not None else _count_records([s.path]) for s, p in zip(sources, picks)]
+        sizes = [len(p) if p is not None else count_records(s.path) for s, p in zip(sources, picks)]
         total = None if None in sizes else sum(sizes)
     bar = tqdm(total=total, unit=" ex", disable=not progress,
                desc=f"tokenizing {kind}", file=sys.stderr, dynamic_ncols=True)
