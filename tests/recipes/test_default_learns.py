@@ -5,7 +5,8 @@ one short run:
    schedule over them), launched as bench/sweep_default.py launches a point (1 process, 4 rows
    per micro-batch), reach at least FLOOR average micro-F1 on the bundled held-out set (150
    records, fixed) and a held-out loss of at most LOSS_CEILING. At 400 steps the model has
-   learned the answer format but not yet to copy spans (sweep rows new-s400, old-s400: ~5 F1),
+   learned the answer format but not yet to copy spans (sweep rows new-s400, old-s400: F1 6.6
+   and 4.8 average, held-out loss 0.43 and 0.36; at step 200 it is still 0.64),
    so this catches a loop, loss, data or config change that stops learning, not a slower one.
 2. Budget: the default's epochs give at least PHASE_STEPS optimizer steps. The model learns to
    copy spans in a sudden phase that the default must reach: 648 steps (the old default, F1
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 GUARD_STEPS = 400
 FLOOR = 2.0
-LOSS_CEILING = 0.45
+LOSS_CEILING = 0.5
 PHASE_STEPS = 1000
 
 
