@@ -2,8 +2,8 @@
 one short run:
 
 1. Learning: the default's own settings cut to GUARD_STEPS optimizer steps (max_steps lays the
-   schedule over them), launched as recipes/adelie.py launches it (2 processes), reach at least FLOOR average micro-F1 on the bundled held-out set (150
-   records, fixed) and a held-out loss of at most LOSS_CEILING. At 400 steps the model has
+   schedule over them), launched as recipes/adelie.py launches it (2 processes), reach at least
+   FLOOR average micro-F1 on the bundled held-out set (150 records, fixed) and a held-out loss of at most LOSS_CEILING. At 400 steps the model has
    learned the answer format but not yet to copy spans (this launch: F1 15.4 / 10.0 / 2.6,
    held-out loss 0.38, 4.3 minutes at load ~4; 1 process, sweep rows new-s400 and old-s400:
    F1 6.6 and 4.8 average, held-out loss 0.43 and 0.36; at step 200 it is still 0.64),
