@@ -18,8 +18,8 @@ from ie_engine.engine.train.data_setup import prepare_data
 from ie_engine.engine.train.losses import sft_loss
 from ie_engine.engine.train.model_setup import build_and_load
 
-# The embedded default (no --config given): a tiny LLaMA on the bundled data, ~2 minutes on a
-# 2-core CPU with --nproc_per_node 2. ADELIE's Llama-2-7B settings: configs/sft_llama2_7b.yaml.
+# The embedded default (no --config given): a tiny LLaMA on the bundled data, ~10 minutes on an
+# idle 2-core CPU with --nproc_per_node 2 (configs/sft_default.yaml says why that budget). ADELIE's Llama-2-7B settings: configs/sft_llama2_7b.yaml.
 CONFIG = RunConfig  # the schema of this recipe's config
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "sft_default.yaml"
 
