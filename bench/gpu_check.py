@@ -22,6 +22,9 @@ order of importance, and a late one gets only what is left, or is skipped.
   norm_rope_swiglu  bench.bench_norm_rope_swiglu   (LLaMA-7B shapes, bf16, vs torch.compile)  75 s
   dpo_loss          bench.bench_dpo_loss --device cuda --loss-types sigmoid   (vs compile)    60 s
   generate          bench.bench_generate --device cuda (llama2-1b, 7b; batch 1, 64)          120 s
+  real_model        bench.bench_real_model --device cuda (SmolLM2-135M, ADELIE batches, bf16;
+                    ours vs TRL SFTTrainer / DPO; needs the real extra or a prepared
+                    runs/smollm2-135m; skipped in the dry run: minutes on CPU)              120 s
 
 The dry run runs the same stages on CPU: the same pytest selections (every GPU test skips), each
 benchmark with its smallest CPU arguments (bench_train_step: preset tiny, peaks in-process),
@@ -246,6 +249,8 @@ def build_stages(work: pathlib.Path) -> list[Stage]:
                            "--batch", "1", "64", "--rep", "1"],
               ["ie_engine.bench.bench_generate", "--device", "cpu", "--preset", "debug", "--batch", "2", "--new-tokens", "8",
                "--rep", "1"], 120, summarize_generic),
+        Stage("real_model", ["ie_engine.bench.bench_real_model", "--device", "cuda", "--examples", "12", "--pairs", "6"],
+              [], 120, summarize_generic),
     ]
 
 
@@ -256,9 +261,14 @@ def missing_modules() -> list[str]:
     return [m for m in wanted if importlib.util.find_spec(m) is None]
 
 
-def unrunnable() -> dict[str, str]:
+def unrunnable(dry: bool = False) -> dict[str, str]:
     """stage -> why it cannot run on this machine."""
+    from ie_engine.bench import real_model
     out = {}
+    if dry:
+        out["real_model"] = "skipped (dry run: a 135M model takes minutes per case on CPU)"
+    elif not real_model.is_prepared(real_model.DEFAULT_DIR) and real_model.missing_dependencies():
+        out["real_model"] = f"skipped (no runs/smollm2-135m and {', '.join(real_model.missing_dependencies())} missing)"
     if not (REPO_ROOT / "bench" / "bench_generate.py").exists():
         out["generate"] = "skipped (bench/bench_generate.py does not exist yet)"
     if importlib.util.find_spec("pytest") is None:
@@ -397,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
           f"missing modules: {', '.join(meta['missing_modules']) or 'none'}", flush=True)
 
     t_start, outcomes = time.perf_counter(), []
-    skipped = unrunnable()
+    skipped = unrunnable(dry)
     try:
         for stage in build_stages(tmp):
             if stage.name in args.skip:
