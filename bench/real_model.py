@@ -121,14 +121,20 @@ def read_zero_shot(name: str, samples: str | os.PathLike = ADELIE_SAMPLES) -> li
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+ANSWER_MARK = "[Answer]: "
+
+
 def split(out: str | os.PathLike, n_train: int, n_heldout: int, seed: int = 0,
           samples: str | os.PathLike = ADELIE_SAMPLES) -> dict:
     """Split each zero-shot test file by `id` into OUT/<name>-train.jsonl and OUT/<name>-heldout.jsonl.
 
     The file's distinct ids are shuffled with numpy's default_rng(seed); the first n_heldout are
     held out, the next n_train are training ids; a record goes where its id went, so the parts
-    are disjoint by id (and by record). Records keep their file order within each part and are
-    written unchanged. OUT/split.json records the ids, the seed and the sizes."""
+    are disjoint by id (and by record). Records keep their file order within each part. Held-out
+    records are written unchanged; a training record's gold answer gets ADELIE's training-data
+    prefix "[Answer]: " (its IEInstruct answers carry it, and IEFeedback ranks samples by the
+    text after it; the zero-shot test files' gold answers lack it; ADELIE's scorers read a
+    prediction with or without it). OUT/split.json records the ids, the seed and the sizes."""
     import numpy as np
 
     out = Path(out)
@@ -144,10 +150,20 @@ def split(out: str | os.PathLike, n_train: int, n_heldout: int, seed: int = 0,
         train = {ids[i] for i in order[n_heldout:n_heldout + n_train]}
         for part, keep in (("train", train), ("heldout", heldout)):
             rows = [r for r in records if r["id"] in keep]
+            if part == "train":
+                rows = [with_answer_mark(r) for r in rows]
             (out / f"{name}-{part}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         info["files"][name] = {"train_ids": sorted(train), "heldout_ids": sorted(heldout)}
     (out / "split.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def with_answer_mark(record: dict) -> dict:
+    """The record with "[Answer]: " in front of its final assistant message (unless already there)."""
+    *head, last = record["messages"]
+    if last["role"] != "assistant" or last["content"].startswith(ANSWER_MARK):
+        return record
+    return {**record, "messages": [*head, {**last, "content": ANSWER_MARK + last["content"]}]}
 
 
 def main() -> None:
