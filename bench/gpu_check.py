@@ -159,6 +159,8 @@ def build_stages(work: pathlib.Path) -> list[Stage]:
               summary.summarize_generate, extra=True),
         Stage("train_step_7b", [*step, "--device", "cuda", "--preset", "llama2-7b-4l"], step_dry, 100, 130,
               summary.summarize_train_step, step_target, extra=True),
+        Stage("real_model", ["ie_engine.bench.bench_real_model", "--device", "cuda", "--examples", "12", "--pairs", "6"],
+              [], 90, 120, summary.summarize_rows, extra=True),  # SmolLM2-135M vs TRL (needs runs/smollm2-135m)
     ]
 
 
@@ -171,11 +173,17 @@ def missing_modules() -> list[str]:
     return [m for m in OPTIONAL if importlib.util.find_spec(m) is None]
 
 
-def unrunnable() -> dict[str, str]:
+def unrunnable(dry: bool = False) -> dict[str, str]:
     """stage -> why it cannot run on this machine."""
+    from ie_engine.bench import real_model
+    out = {}
+    if dry:
+        out["real_model"] = "skipped (dry run: a 135M model takes minutes per case on CPU)"
+    elif not real_model.is_prepared(real_model.DEFAULT_DIR) and real_model.missing_dependencies():
+        out["real_model"] = f"skipped (no runs/smollm2-135m and {', '.join(real_model.missing_dependencies())} missing)"
     if importlib.util.find_spec("pytest") is None:
-        return {"gpu_tests": "skipped (pytest is not installed)", "recipes": "skipped (pytest is not installed)"}
-    return {}
+        out.update(gpu_tests="skipped (pytest is not installed)", recipes="skipped (pytest is not installed)")
+    return out
 
 
 # ----------------------------------------------------------------------------- running
@@ -334,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu_check] missing {m}: {OPTIONAL[m]}", flush=True)
 
     t_start, outcomes = time.perf_counter(), []
-    skipped = unrunnable()
+    skipped = unrunnable(dry)
     try:
         for stage in select(build_stages(tmp), args.only, args.skip):
             if stage.name in skipped:
