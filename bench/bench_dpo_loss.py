@@ -21,14 +21,8 @@ import argparse
 
 import torch
 
-from ie_engine.bench.common import (
-    append_results,
-    measure_peak_cpu,
-    measure_peak_gpu,
-    measured_peaks,
-    time_cpu,
-    time_gpu,
-)
+from ie_engine.bench.common import (append_results, measure_peak_cpu, measure_peak_gpu, measured_peaks, time_cpu,
+                                    time_gpu)
 from ie_engine.kernels.dpo_loss import dpo_loss, dpo_loss_ref
 
 BYTES_PER_PAIR = {"fwd": 28, "bwd": 28, "fwd+bwd": 56}

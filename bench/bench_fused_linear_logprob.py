@@ -28,14 +28,8 @@ import importlib
 
 import torch
 
-from ie_engine.bench.common import (
-    append_results,
-    measure_peak_cpu,
-    measure_peak_gpu,
-    measured_peaks,
-    time_cpu,
-    time_gpu,
-)
+from ie_engine.bench.common import (append_results, measure_peak_cpu, measure_peak_gpu, measured_peaks, time_cpu,
+                                    time_gpu)
 from ie_engine.kernels import _dispatch as kernels_dispatch
 from ie_engine.kernels.cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_ref
 from ie_engine.kernels.fused_linear_logprob import fused_linear_logprob, fused_linear_logprob_ref

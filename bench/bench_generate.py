@@ -39,12 +39,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from ie_engine.bench.common import append_results, hf_attn_implementation
+from ie_engine.bench.common import append_results, hf_attn_implementation, timed
 from ie_engine.engine.generate.config import GenerateSection
 from ie_engine.engine.generate.generator import Generator, Request
 from ie_engine.engine.log import measure_matmul_flops
@@ -106,16 +105,6 @@ def run_hf(hf, prompts, new_tokens: int) -> list[list[int]]:
                       max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     assert out.shape[1] == T + new_tokens
     return out[:, T:].tolist()
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def bench_preset(preset: str, batches: list[int], new_tokens: int, device: torch.device, rep: int,

@@ -24,14 +24,8 @@ from typing import Callable
 
 import torch
 
-from ie_engine.bench.common import (
-    append_results,
-    measure_peak_cpu,
-    measure_peak_gpu,
-    measured_peaks,
-    time_cpu,
-    time_gpu,
-)
+from ie_engine.bench.common import (append_results, measure_peak_cpu, measure_peak_gpu, measured_peaks, time_cpu,
+                                    time_gpu)
 from ie_engine.kernels.rms_norm import rms_norm, rms_norm_ref
 from ie_engine.kernels.rope import apply_rope, apply_rope_ref
 from ie_engine.kernels.swiglu import swiglu, swiglu_ref

@@ -45,13 +45,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
 
 from ie_engine.bench import real_model
-from ie_engine.bench.common import REPO_ROOT, append_results, measure_peak_cpu, measure_peak_gpu, print_table
+from ie_engine.bench.common import REPO_ROOT, append_results, measure_peak_cpu, measure_peak_gpu, print_table, timed
 
 IGNORE = -100
 BETA = 0.1
@@ -225,15 +224,7 @@ def run_case(task: str, case: str, args) -> dict:
         peak = measure_peak_gpu(step) / 2**20
     else:
         peak = measure_peak_cpu(step) / 2**20
-    times = []
-    for _ in range(args.rep):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times = [timed(step, device) for _ in range(args.rep)]
     ms = 1e3 * statistics.median(times)
     return {"loss": first["loss"], "grad_norm": first["grad_norm"], "real_tokens": tokens, "ms": ms,
             "tokens_per_s": tokens / ms * 1e3, "extra_peak_MiB": peak,

@@ -234,3 +234,14 @@ def hf_attn_implementation(device: torch.device) -> str:
         except ImportError:
             pass
     return "sdpa"
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds of one call of fn(), the device synchronised before and after (no warm-up)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0

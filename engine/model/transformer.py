@@ -23,15 +23,8 @@ import math
 import torch
 import torch.nn as nn
 
-from ie_engine.engine.model.attention import (
-    DocMask,
-    KVCache,
-    attention,
-    build_cache_mask,
-    build_doc_mask,
-    cached_attention,
-    select_backend,
-)
+from ie_engine.engine.model.attention import (DocMask, KVCache, attention, build_cache_mask, build_doc_mask,
+                                              cached_attention, select_backend)
 from ie_engine.engine.model.config import ModelConfig, RopeScaling
 from ie_engine.kernels.rms_norm import rms_norm
 from ie_engine.kernels.rope import apply_rope

@@ -16,14 +16,8 @@ from ie_engine.data.cache import TokenCache
 from ie_engine.data.formats import read_dpo, read_sft
 from ie_engine.data.prepare import prepare
 from ie_engine.data.template import encode_conversation, encode_conversation_ref, encode_pair
-from ie_engine.data.tokenizer import (
-    Tokenizer,
-    WordCacheTokenizer,
-    find_tokenizer,
-    tokenizer_sha256,
-    train_byte_level_tokenizer,
-    train_tokenizer,
-)
+from ie_engine.data.tokenizer import (Tokenizer, WordCacheTokenizer, find_tokenizer, tokenizer_sha256,
+                                      train_byte_level_tokenizer, train_tokenizer)
 
 transformers = pytest.importorskip("transformers")
 FIXTURES = Path(__file__).parent / "fixtures"
