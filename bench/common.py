@@ -49,11 +49,17 @@ DPO_VS_TRL_TARGET = 1.5
 def _git_sha() -> str:
     """The measured code's sha, read once per process: the rows a run appends must not make
     its own later rows look like a dirty tree's."""
+    return git_sha(REPO_ROOT)
+
+
+def git_sha(root: pathlib.Path) -> str:
+    """HEAD's short sha, '-dirty' when a tracked file outside bench/results/ has changed: rows
+    appended there by an earlier run (a sweep's previous point) are not measured code."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)bench/results"], cwd=root, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
