@@ -92,9 +92,9 @@ import torch
 
 from ie_engine.bench.common import (DPO_VS_TRL_TARGET, MFU_TARGET, REPO_ROOT, append_results, measure_peak_cpu,
                                     measure_peak_gpu, print_table, time_cpu, time_gpu)
-from ie_engine.bench.train_step_data import (PAD_MULTIPLE, PRESETS, BenchPreset, build_caches, build_fsdp, build_hf,
-                                             build_ours, have, padded_batch, pick_rows, real_tokens, row_documents,
-                                             valid_targets)
+from ie_engine.bench.train_step_data import (BETA, IGNORE, PAD_MULTIPLE, PRESETS, BenchPreset, build_caches,
+                                             build_fsdp, build_hf, build_ours, have, padded_batch, pick_rows,
+                                             real_tokens, row_documents, valid_targets)
 from ie_engine.bench.train_step_losses import (hf_sft_loss, logits_ce_loss, padded_sft_loss, trl_fused_dpo_loss,
                                                trl_logits_dpo_loss)
 from ie_engine.engine import log
@@ -104,8 +104,6 @@ from ie_engine.engine.train.losses import preference_loss, score_documents, sft_
 from ie_engine.engine.train.optim import build_optimizer, build_scheduler
 from ie_engine.engine.train.step import train_step
 
-IGNORE = -100
-BETA = 0.1
 SFT_CASES = ("ours_fused_packed", "ours_fsdp_packed", "ours_logits_packed", "ours_fused_padded", "hf_padded")
 DPO_CASES = ("ours_dpo_packed", "trl_logits_padded", "trl_fused_padded")
 NEEDS = {"hf_padded": ("transformers",), "trl_logits_padded": ("transformers",),

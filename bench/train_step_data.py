@@ -20,6 +20,7 @@ from ie_engine.engine.model.transformer import build_model
 from ie_engine.engine.run_config import ParallelConfig
 
 IGNORE = -100
+BETA = 0.1  # every DPO case's beta
 TOKENIZER_VOCAB = 4096
 PAD_MULTIPLE = 256  # CUDA: padded micro-batches are rounded up to this (a few compiled shapes, not one per batch)
 

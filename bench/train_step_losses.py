@@ -10,11 +10,9 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from ie_engine.bench.train_step_data import have
+from ie_engine.bench.train_step_data import BETA, IGNORE, have
 from ie_engine.engine.train.losses import sft_loss
 
-IGNORE = -100
-BETA = 0.1
 
 
 # ----------------------------------------------------------------------------- losses
