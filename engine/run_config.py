@@ -24,6 +24,7 @@ checked at parse time too.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -41,11 +42,33 @@ class ModelSection:
     """Hugging Face Llama or Qwen2 directory to start from; empty = random init from `preset`."""
     attn_backend: Literal["auto", "flash", "flex", "sdpa"] = "auto"
     """Attention backend: auto (flash-attn for bf16 > FlexAttention on CUDA, SDPA on CPU), flash, flex, sdpa."""
+    dim: int = 0
+    """Width of a fresh model; 0 = the preset's (like n_layers, n_heads, n_kv_heads: for sweeps over the architecture)."""
+    n_layers: int = 0
+    """Transformer blocks of a fresh model; 0 = the preset's."""
+    n_heads: int = 0
+    """Attention heads of a fresh model; 0 = the preset's."""
+    n_kv_heads: int = 0
+    """Key/value heads of a fresh model (GQA); 0 = the preset's (n_heads when the preset has none)."""
+
+    def overrides(self) -> dict[str, int]:
+        """The architecture fields set here (nonzero), to replace the preset's."""
+        return {k: v for k in ("dim", "n_layers", "n_heads", "n_kv_heads") if (v := getattr(self, k))}
 
     def validate(self) -> None:
         from ie_engine.engine.model.config import PRESETS
-        if not self.checkpoint and self.preset not in PRESETS:
+        if self.checkpoint and self.overrides():
+            raise ConfigError(f"model: {sorted(self.overrides())} shape a fresh model; model.checkpoint has its own")
+        if self.checkpoint:
+            return
+        if self.preset not in PRESETS:
             raise ConfigError(f"model.preset: unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if any(v < 0 for v in (self.dim, self.n_layers, self.n_heads, self.n_kv_heads)):
+            raise ConfigError("model.dim, n_layers, n_heads, n_kv_heads: 0 (the preset's) or positive")
+        try:
+            dataclasses.replace(PRESETS[self.preset], **self.overrides())  # its own shape checks
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from None
 
 
 @dataclass

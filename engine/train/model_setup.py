@@ -29,7 +29,7 @@ def model_config(cfg: RunConfig, vocab_size: int) -> ModelConfig:
         if mcfg.vocab_size < vocab_size:
             raise ConfigError(f"model.checkpoint has vocab {mcfg.vocab_size} but the tokenizer {vocab_size} ids")
     else:
-        mcfg = build_model_config(cfg.model.preset, vocab_size=vocab_size)
+        mcfg = build_model_config(cfg.model.preset, vocab_size=vocab_size, **cfg.model.overrides())
     return dataclasses.replace(mcfg, attn_backend=cfg.model.attn_backend)
 
 

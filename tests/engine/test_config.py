@@ -108,3 +108,19 @@ def test_label_smoothing_is_meaningless_for_ipo():
     with pytest.raises(ConfigError, match=r"dpo\.label_smoothing"):
         parse_config(DPOConfig, ["dpo.loss_type=ipo", "dpo.label_smoothing=0.1"])
     assert parse_config(DPOConfig, ["dpo.loss_type=ipo"]).dpo.loss_type == "ipo"
+
+
+def test_model_shape_overrides_replace_the_presets_fields():
+    """model.dim / n_layers / n_heads / n_kv_heads reshape a fresh model (the default sweep's
+    architecture lever); a bad shape or one given with a checkpoint fails at parse time."""
+    from ie_engine.engine.run_config import RunConfig as SFTConfig
+    from ie_engine.engine.train.model_setup import model_config
+    cfg = parse_config(SFTConfig, ["model.preset=default-ie", "model.n_layers=2", "model.dim=192", "model.n_heads=6",
+                                   "model.n_kv_heads=3"])
+    m = model_config(cfg, vocab_size=1000)
+    assert (m.n_layers, m.dim, m.n_heads, m.n_kv_heads, m.vocab_size, m.tie_embeddings) == (2, 192, 6, 3, 1000, True)
+    assert model_config(parse_config(SFTConfig, ["model.preset=default-ie"]), 1000).n_layers == 4
+    with pytest.raises(ConfigError, match="head_dim"):
+        parse_config(SFTConfig, ["model.preset=default-ie", "model.dim=200", "model.n_heads=8", "model.n_kv_heads=8"])
+    with pytest.raises(ConfigError, match="checkpoint"):
+        parse_config(SFTConfig, ["model.checkpoint=some/dir", "model.n_layers=2"])
