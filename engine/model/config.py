@@ -105,9 +105,11 @@ PRESETS: dict[str, ModelConfig] = {
     # A few-M-parameter LLaMA for the embedded default and tests (GQA on, so it is exercised).
     "debug": ModelConfig(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=4096,
                          multiple_of=64, max_seq_len=512),
-    # The embedded SFT/DPO default: debug's shape with the output head tied to the embedding,
-    # which makes copying a span from the prompt (what extraction mostly is) much easier to learn.
-    "default-ie": ModelConfig(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=4096,
+    # The embedded SFT/DPO default: debug's width with the output head tied to the embedding,
+    # which makes copying a span from the prompt (what extraction mostly is) much easier to learn,
+    # and 2 blocks, the fewest an induction (copy) circuit needs: half the compute of 4 blocks per
+    # step and the copying phase earlier in steps (bench/results/default_sweep.jsonl, e6-L2).
+    "default-ie": ModelConfig(dim=256, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=4096,
                               multiple_of=64, max_seq_len=512, tie_embeddings=True),
     # ~100M parameters (101.9M: 61.0M in the blocks, 41.0M in embedding + head) with Llama-2's
     # vocabulary: the CPU generation benchmark's "real-sized" model.

@@ -119,7 +119,7 @@ def test_model_shape_overrides_replace_the_presets_fields():
                                    "model.n_kv_heads=3"])
     m = model_config(cfg, vocab_size=1000)
     assert (m.n_layers, m.dim, m.n_heads, m.n_kv_heads, m.vocab_size, m.tie_embeddings) == (2, 192, 6, 3, 1000, True)
-    assert model_config(parse_config(SFTConfig, ["model.preset=default-ie"]), 1000).n_layers == 4
+    assert model_config(parse_config(SFTConfig, ["model.preset=default-ie", "model.dim=128"]), 1000).n_layers == 2
     with pytest.raises(ConfigError, match="head_dim"):
         parse_config(SFTConfig, ["model.preset=default-ie", "model.dim=200", "model.n_heads=8", "model.n_kv_heads=8"])
     with pytest.raises(ConfigError, match="checkpoint"):
